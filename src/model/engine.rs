@@ -1,0 +1,283 @@
+//! The tract CPU engine. A [`Graph`] is one ONNX file taken through tract's pipeline once:
+//! parse → check the manifest contract (names, element types, fixed shapes) → type →
+//! declutter → (f16 translation) → optimise → runnable plan. A [`Session`] is one stream's
+//! reusable run state over that plan.
+//!
+//! **Threading.** tract runs a plan on the calling thread; its matrix products use more cores
+//! only with `tract-linalg`'s `multithread-mm` feature *and* an executor in the run options.
+//! We enable the feature and give each graph its own pool of `threads` workers when
+//! `threads > 1`, so `--threads 1` is truly single-threaded (the honest baseline on a
+//! one-core board) and `--threads N` is opt-in. Pools are per graph so two streams do not
+//! contend on a global pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+
+use super::{DType, GraphSpec, ModelError, Precision, TensorSpec};
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// One optimised graph, ready to open sessions on.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    path: PathBuf,
+    spec: GraphSpec,
+    precision: Precision,
+    plan: Plan,
+}
+
+fn datum(dtype: DType) -> DatumType {
+    match dtype {
+        DType::F32 => f32::datum_type(),
+        DType::F16 => f16::datum_type(),
+        DType::I64 => i64::datum_type(),
+        DType::I32 => i32::datum_type(),
+        DType::U8 => u8::datum_type(),
+        DType::I8 => i8::datum_type(),
+        DType::Bool => bool::datum_type(),
+    }
+}
+
+fn shape_text(dims: &[String]) -> String {
+    format!("[{}]", dims.join(","))
+}
+
+fn spec_shape(spec: &TensorSpec) -> String {
+    shape_text(&spec.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>())
+}
+
+impl Graph {
+    /// Loads ONNX bytes read from `path` (already hash-checked), checks them against `spec`,
+    /// and prepares a plan for `precision` on `threads` threads.
+    pub fn load(
+        bytes: &[u8],
+        path: &Path,
+        spec: &GraphSpec,
+        precision: Precision,
+        threads: usize,
+    ) -> Result<Graph, ModelError> {
+        let contract = |message: String| ModelError::Contract {
+            path: path.to_path_buf(),
+            message,
+        };
+        let onnx_err = |e: anyhow::Error| ModelError::Onnx {
+            path: path.to_path_buf(),
+            message: format!("{e:#}").replace('\n', " "),
+        };
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .map_err(onnx_err)?;
+
+        // Inputs: same names as the manifest, then the manifest's types and fixed shapes.
+        let found: Vec<String> = model
+            .input_outlets()
+            .map_err(onnx_err)?
+            .iter()
+            .map(|o| model.node(o.node).name.clone())
+            .collect();
+        let expected: Vec<&str> = spec.inputs.iter().map(|t| t.name.as_str()).collect();
+        let mut sorted_found: Vec<&str> = found.iter().map(String::as_str).collect();
+        let mut sorted_expected = expected.clone();
+        sorted_found.sort_unstable();
+        sorted_expected.sort_unstable();
+        if sorted_found != sorted_expected {
+            return Err(contract(format!(
+                "graph inputs are {found:?}, manifest expects {expected:?}"
+            )));
+        }
+        model.set_input_names(&expected).map_err(onnx_err)?;
+        for (ix, t) in spec.inputs.iter().enumerate() {
+            let declared = model.input_fact(ix).map_err(onnx_err)?.clone();
+            if let Some(dt) = declared.datum_type.concretize() {
+                if dt != datum(t.dtype) {
+                    return Err(contract(format!(
+                        "input `{}` expects {} (manifest), model file gives {dt:?}",
+                        t.name,
+                        t.dtype.as_str()
+                    )));
+                }
+            }
+            let dims: Vec<String> = declared
+                .shape
+                .dims()
+                .map(|d| {
+                    d.concretize()
+                        .map(|d| d.to_string())
+                        .unwrap_or_else(|| "?".into())
+                })
+                .collect();
+            let rank_differs = !declared.shape.is_open() && dims.len() != t.shape.len();
+            let dim_differs = dims
+                .iter()
+                .zip(&t.shape)
+                .any(|(d, m)| d.parse::<usize>().is_ok_and(|d| d != *m));
+            if rank_differs || dim_differs {
+                return Err(contract(format!(
+                    "input `{}` expects {} (manifest), model file gives {}",
+                    t.name,
+                    spec_shape(t),
+                    shape_text(&dims)
+                )));
+            }
+            model
+                .set_input_fact(ix, InferenceFact::dt_shape(datum(t.dtype), t.shape.clone()))
+                .map_err(onnx_err)?;
+        }
+
+        // Outputs: the manifest's names, in its order.
+        let out_names: Vec<&str> = spec.outputs.iter().map(|t| t.name.as_str()).collect();
+        model.select_outputs_by_name(&out_names).map_err(|e| {
+            contract(format!(
+                "outputs {out_names:?} (manifest) not all found in the graph: {e}"
+            ))
+        })?;
+
+        let typed = model.into_typed().map_err(|e| {
+            contract(format!(
+                "cannot type the graph with the manifest's input shapes: {}",
+                one_line(&e)
+            ))
+        })?;
+        for (ix, t) in spec.outputs.iter().enumerate() {
+            let fact = typed.output_fact(ix).map_err(onnx_err)?;
+            let dims: Vec<String> = fact.shape.iter().map(|d| d.to_string()).collect();
+            let same_shape = fact.shape.as_concrete() == Some(&t.shape[..]);
+            if fact.datum_type != datum(t.dtype) || !same_shape {
+                return Err(contract(format!(
+                    "output `{}` expects {} {} (manifest), model gives {:?} {}",
+                    t.name,
+                    t.dtype.as_str(),
+                    spec_shape(t),
+                    fact.datum_type,
+                    shape_text(&dims)
+                )));
+            }
+        }
+
+        let mut typed = typed.into_decluttered().map_err(onnx_err)?;
+        if precision == Precision::F16 {
+            let translate = tract_core::transform::get_transform("f32_to_f16")
+                .map_err(onnx_err)?
+                .ok_or_else(|| onnx_err(anyhow::anyhow!("tract lacks the f32_to_f16 transform")))?;
+            translate.transform(&mut typed).map_err(onnx_err)?;
+        }
+        let optimized = typed.into_optimized().map_err(onnx_err)?;
+        let options = RunOptions {
+            executor: (threads > 1)
+                .then(|| tract_linalg::multithread::Executor::multithread(threads)),
+            ..RunOptions::default()
+        };
+        let plan = optimized
+            .into_runnable_with_options(&options)
+            .map_err(onnx_err)?;
+        Ok(Graph {
+            path: path.to_path_buf(),
+            spec: spec.clone(),
+            precision,
+            plan,
+        })
+    }
+
+    pub fn spec(&self) -> &GraphSpec {
+        &self.spec
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// A run state for one stream; reuse it for every frame of that stream.
+    pub fn session(&self) -> Result<Session, ModelError> {
+        let state = TypedSimpleState::new(&self.plan).map_err(|e| self.run_err(e))?;
+        Ok(Session {
+            graph: self.clone(),
+            state,
+        })
+    }
+
+    fn run_err(&self, e: anyhow::Error) -> ModelError {
+        ModelError::Run {
+            path: self.path.clone(),
+            message: one_line(&e),
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
+
+/// One stream's run state over a [`Graph`].
+pub struct Session {
+    graph: Graph,
+    state: TypedSimpleState,
+}
+
+impl Session {
+    /// Runs the graph on inputs in manifest order. Inputs are checked against the manifest
+    /// (type and shape) first; float inputs are cast to the plan's float type (f16 plans take
+    /// f32 data) and float outputs come back as f32.
+    pub fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
+        let graph = &self.graph;
+        if inputs.len() != graph.spec.inputs.len() {
+            return Err(graph.run_err(anyhow::anyhow!(
+                "{} inputs given, graph takes {}",
+                inputs.len(),
+                graph.spec.inputs.len()
+            )));
+        }
+        let mut values = TVec::new();
+        for (ix, (tensor, t)) in inputs.into_iter().zip(&graph.spec.inputs).enumerate() {
+            if tensor.shape() != t.shape.as_slice() || tensor.datum_type() != datum(t.dtype) {
+                return Err(graph.run_err(anyhow::anyhow!(
+                    "input `{}` expects {} {}, got {:?} {:?}",
+                    t.name,
+                    t.dtype.as_str(),
+                    spec_shape(t),
+                    tensor.datum_type(),
+                    tensor.shape()
+                )));
+            }
+            let want = graph
+                .plan
+                .model()
+                .input_fact(ix)
+                .map_err(|e| graph.run_err(e))?
+                .datum_type;
+            let tensor = if want != tensor.datum_type() {
+                tensor
+                    .cast_to_dt(want)
+                    .map_err(|e| graph.run_err(e))?
+                    .into_owned()
+            } else {
+                tensor
+            };
+            values.push(tensor.into_tvalue());
+        }
+        let outputs = self.state.run(values).map_err(|e| graph.run_err(e))?;
+        outputs
+            .into_iter()
+            .map(|v| {
+                let t = v.into_tensor();
+                if t.datum_type() == f16::datum_type() {
+                    Ok(t.cast_to::<f32>()
+                        .map_err(|e| graph.run_err(e))?
+                        .into_owned())
+                } else {
+                    Ok(t)
+                }
+            })
+            .collect()
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+}

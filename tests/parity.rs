@@ -1,0 +1,188 @@
+//! Parity with onnxruntime: every shipped graph, at every precision it serves, run by tract on
+//! the committed inputs of `tests/fixtures/parity/<package>/<case>.toml`, must match the
+//! committed onnxruntime outputs (made by `models/tools/make_references.py`).
+//!
+//! Tolerances, per element, with `r` the onnxruntime value and `s` the largest |r| of the output:
+//! - f32: |tract − r| ≤ 1e-4 · max(1, s)  (tract and onnxruntime differ only in summation order);
+//! - int8: |tract − r| ≤ 2e-2 · max(1, s) against onnxruntime running the same int8 graph
+//!   (rounding of requantised activations may differ by one step);
+//! - f16: tract's f16 translation of the f32 graph against onnxruntime's f32 output,
+//!   |tract − r| ≤ 5e-2 · max(1, s) (f16 has 11 significant bits).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use edgeseg::model::{Graph, Package, Precision};
+use serde::Deserialize;
+use tract_onnx::prelude::Tensor;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    graph: String,
+    inputs: Vec<TensorFile>,
+    outputs: Vec<TensorFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TensorFile {
+    name: String,
+    dtype: String,
+    shape: Vec<usize>,
+    file: String,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read_tensor(dir: &Path, t: &TensorFile) -> Tensor {
+    let bytes = fs::read(dir.join(&t.file)).unwrap_or_else(|e| panic!("{}: {e}", t.file));
+    match t.dtype.as_str() {
+        "f32" => {
+            let v: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            Tensor::from_shape(&t.shape, &v).unwrap()
+        }
+        "i64" => {
+            let v: Vec<i64> = bytes
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            Tensor::from_shape(&t.shape, &v).unwrap()
+        }
+        other => panic!("{}: unsupported dtype {other}", t.file),
+    }
+}
+
+fn tolerance(p: Precision) -> f32 {
+    match p {
+        Precision::F32 => 1e-4,
+        Precision::Int8 => 2e-2,
+        Precision::F16 => 5e-2,
+    }
+}
+
+/// Runs one case at every precision its graph serves; returns (precision, worst error / scale).
+fn check_case(package_dir: &Path, case_path: &Path) -> Vec<(Precision, f32)> {
+    let case: Case = toml::from_str(&fs::read_to_string(case_path).unwrap()).unwrap();
+    let package = Package::open(package_dir).unwrap();
+    let spec = package
+        .manifest()
+        .graphs
+        .iter()
+        .find(|g| g.file == case.graph)
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: graph {} not in the manifest",
+                case_path.display(),
+                case.graph
+            )
+        });
+    let bytes = package.read_graph(spec).unwrap();
+    let dir = case_path.parent().unwrap();
+    let mut results = Vec::new();
+    for &precision in &spec.precisions {
+        let graph = Graph::load(&bytes, &package.path(&spec.file), spec, precision, 1).unwrap();
+        let inputs = spec
+            .inputs
+            .iter()
+            .map(|s| {
+                let t = case
+                    .inputs
+                    .iter()
+                    .find(|t| t.name == s.name)
+                    .expect("fixture has every input");
+                read_tensor(dir, t)
+            })
+            .collect();
+        let outputs = graph.session().unwrap().run(inputs).unwrap();
+        let mut worst = 0f32;
+        for (spec_out, got) in spec.outputs.iter().zip(&outputs) {
+            let want_file = case
+                .outputs
+                .iter()
+                .find(|t| t.name == spec_out.name)
+                .expect("fixture has every output");
+            let want = read_tensor(dir, want_file);
+            assert_eq!(
+                got.shape(),
+                want.shape(),
+                "{}: {}",
+                case.graph,
+                spec_out.name
+            );
+            let got = got.try_as_plain_ram().unwrap();
+            let want = want.try_as_plain_ram().unwrap();
+            let (got, want) = (
+                got.as_slice::<f32>().unwrap(),
+                want.as_slice::<f32>().unwrap(),
+            );
+            let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let err = got
+                .iter()
+                .zip(want)
+                .fold(0f32, |m, (g, w)| m.max((g - w).abs()))
+                / scale;
+            worst = worst.max(err);
+        }
+        let tol = tolerance(precision);
+        assert!(
+            worst <= tol,
+            "{} at {precision}: max error {worst:e} (relative to max(1, max|ref|)) exceeds {tol:e}",
+            case_path.display()
+        );
+        results.push((precision, worst));
+    }
+    results
+}
+
+#[test]
+fn every_shipped_graph_matches_onnxruntime() {
+    let fixtures = root().join("tests/fixtures/parity");
+    let mut checked = 0;
+    for package in Package::discover(&root().join("models")).unwrap() {
+        let name = package.file_name().unwrap();
+        let case_dir = fixtures.join(name);
+        let mut cases: Vec<PathBuf> = fs::read_dir(&case_dir)
+            .unwrap_or_else(|_| {
+                panic!(
+                    "package {} has no parity fixtures in {}",
+                    name.to_string_lossy(),
+                    case_dir.display()
+                )
+            })
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        cases.sort();
+        // Every graph file of the package has at least one case.
+        let p = Package::open(&package).unwrap();
+        for g in &p.manifest().graphs {
+            let covered = cases.iter().any(|c| {
+                fs::read_to_string(c)
+                    .unwrap()
+                    .contains(&format!("\"{}\"", g.file))
+            });
+            assert!(
+                covered,
+                "{}: no parity case for {}",
+                package.display(),
+                g.file
+            );
+        }
+        for case in &cases {
+            for (precision, err) in check_case(&package, case) {
+                println!(
+                    "{} {precision}: max relative error {err:.3e}",
+                    case.display()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "no parity case ran");
+}
