@@ -128,6 +128,19 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
     Ok((w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?))
 }
 
+/// An error and its causes on one line, leaving out a cause whose text the message already holds
+/// (library errors quote their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+    }
+    line
+}
+
 /// Errors that stop the run before any input is processed (exit 2).
 struct Fatal(anyhow::Error);
 
@@ -260,7 +273,7 @@ fn segment(
             Ok(n) => println!("{}: {n} frame(s) → {}", path.display(), out.display()),
             Err(e) => {
                 failed += 1;
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", one_line(&e));
             }
         }
     }
@@ -443,7 +456,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(Fatal(e)) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
