@@ -104,34 +104,73 @@ fn truncated_and_corrupt_graphs() {
         let bytes = fs::read(dir.join("image-f32.onnx")).unwrap();
         replace_graph(dir, m, "image-f32.onnx", &bytes[..bytes.len() / 2]);
     });
-    check_failure(&segment_with(&truncated), 2, &["image-f32.onnx", "not a loadable ONNX graph"]);
-    let garbage = bad_package("garbage", |dir, m| replace_graph(dir, m, "text-f32.onnx", b"\x08\x07garbage"));
+    check_failure(
+        &segment_with(&truncated),
+        2,
+        &["image-f32.onnx", "not a loadable ONNX graph"],
+    );
+    let garbage = bad_package("garbage", |dir, m| {
+        replace_graph(dir, m, "text-f32.onnx", b"\x08\x07garbage")
+    });
     check_failure(&segment_with(&garbage), 2, &["text-f32.onnx"]);
-    let missing = bad_package("missing", |dir, _| fs::remove_file(dir.join("image-f32.onnx")).unwrap());
-    check_failure(&segment_with(&missing), 2, &["image-f32.onnx", "No such file"]);
+    let missing = bad_package("missing", |dir, _| {
+        fs::remove_file(dir.join("image-f32.onnx")).unwrap()
+    });
+    check_failure(
+        &segment_with(&missing),
+        2,
+        &["image-f32.onnx", "No such file"],
+    );
 }
 
 #[test]
 fn contract_mismatches_name_tensor_and_shapes() {
-    let renamed = bad_package("names", |_, m| *m = m.replace("\"pixel_values\"", "\"pixels\""));
-    check_failure(&segment_with(&renamed), 2, &["image-f32.onnx", "pixel_values", "pixels"]);
-    let shape = bad_package("shape", |_, m| *m = m.replace("[1, 3, 128, 128]", "[1, 3, 64, 64]"));
-    check_failure(&segment_with(&shape), 2, &["image-f32.onnx", "[1,3,64,64]", "[1,3,128,128]"]);
-    let out_shape = bad_package("outshape", |_, m| *m = m.replace("shape = [1, 128, 128]", "shape = [1, 1, 128, 128]"));
+    let renamed = bad_package("names", |_, m| {
+        *m = m.replace("\"pixel_values\"", "\"pixels\"")
+    });
+    check_failure(
+        &segment_with(&renamed),
+        2,
+        &["image-f32.onnx", "pixel_values", "pixels"],
+    );
+    let shape = bad_package("shape", |_, m| {
+        *m = m.replace("[1, 3, 128, 128]", "[1, 3, 64, 64]")
+    });
+    check_failure(
+        &segment_with(&shape),
+        2,
+        &["image-f32.onnx", "[1,3,64,64]", "[1,3,128,128]"],
+    );
+    let out_shape = bad_package("outshape", |_, m| {
+        *m = m.replace("shape = [1, 128, 128]", "shape = [1, 1, 128, 128]")
+    });
     check_failure(&segment_with(&out_shape), 2, &["image-f32.onnx", "logits"]);
 }
 
 #[test]
 fn unknown_family_and_manifest_keys() {
-    let family = bad_package("family", |_, m| *m = m.replace("family = \"vlsm\"", "family = \"unet\""));
-    check_failure(&segment_with(&family), 2, &["model.toml", "unknown variant `unet`"]);
+    let family = bad_package("family", |_, m| {
+        *m = m.replace("family = \"vlsm\"", "family = \"unet\"")
+    });
+    check_failure(
+        &segment_with(&family),
+        2,
+        &["model.toml", "unknown variant `unet`"],
+    );
     let key = bad_package("key", |_, m| m.push_str("\ncolour = \"red\"\n"));
     check_failure(&segment_with(&key), 2, &["model.toml", "colour"]);
 }
 
 #[test]
 fn empty_prompt_is_refused_unless_p0_is_asked_for() {
-    let out = edgeseg(&["segment", "samples/us_0000.png", "--prompt", " ", "--out", scratch("empty").to_str().unwrap()]);
+    let out = edgeseg(&[
+        "segment",
+        "samples/us_0000.png",
+        "--prompt",
+        " ",
+        "--out",
+        scratch("empty").to_str().unwrap(),
+    ]);
     check_failure(&out, 2, &["prompt is empty"]);
     let out = edgeseg(&[
         "segment",
@@ -178,8 +217,14 @@ fn bad_inputs_fail_alone_and_the_rest_is_processed() {
         assert!(line.contains(needle), "`{line}` lacks `{needle}`");
     }
     for good in ["us_0000", "endo_0001"] {
-        assert!(out_dir.join(format!("{good}_mask.png")).exists(), "{good} not processed");
-        assert!(out_dir.join(format!("{good}.json")).exists(), "{good} summary missing");
+        assert!(
+            out_dir.join(format!("{good}_mask.png")).exists(),
+            "{good} not processed"
+        );
+        assert!(
+            out_dir.join(format!("{good}.json")).exists(),
+            "{good} summary missing"
+        );
     }
 }
 
@@ -197,8 +242,12 @@ fn multi_frame_dicom_gives_one_mask_per_frame() {
     assert!(out.status.success(), "{}", stderr(&out));
     for f in 0..3 {
         assert!(out_dir.join(format!("multiframe_3_f{f}_mask.png")).exists());
-        assert!(out_dir.join(format!("multiframe_3_f{f}_overlay.png")).exists());
+        assert!(out_dir
+            .join(format!("multiframe_3_f{f}_overlay.png"))
+            .exists());
     }
-    let summary: serde_json::Value = serde_json::from_str(&fs::read_to_string(out_dir.join("multiframe_3.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out_dir.join("multiframe_3.json")).unwrap())
+            .unwrap();
     assert_eq!(summary["frames"].as_array().unwrap().len(), 3);
 }

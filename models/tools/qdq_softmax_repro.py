@@ -8,10 +8,12 @@ QuantizeLinear` into an element-wise lookup table gets it wrong, because softmax
 element-wise: every output of such a table is the same function of its own input only (e.g. all
 1.0) instead of summing to one along the axis.
 
-Writes the graph (default /work/scratch/qdq-softmax.onnx), runs it in onnxruntime and prints the
+Writes the graph (default tests/fixtures/qdq-softmax/qdq-softmax.onnx), runs it in onnxruntime and prints the
 input and the output; `--save-io` also writes them as raw little-endian f32 beside the graph.
 
-  python qdq_softmax_repro.py [--out /work/scratch/qdq-softmax.onnx] [--save-io]
+  python qdq_softmax_repro.py [--out tests/fixtures/qdq-softmax/qdq-softmax.onnx] [--save-io]
+
+The Rust test tests/qdq_softmax.rs runs the committed graph through tract.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def build() -> onnx.ModelProto:
 
 def main():
     ap = argparse.ArgumentParser(description="Writes and runs the five-node QDQ softmax graph.")
-    ap.add_argument("--out", default="/work/scratch/qdq-softmax.onnx")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "tests/fixtures/qdq-softmax/qdq-softmax.onnx"))
     ap.add_argument("--save-io", action="store_true", help="also write x.bin / y.bin (raw f32 LE) beside it")
     args = ap.parse_args()
 
@@ -79,9 +81,9 @@ def main():
     print("a runtime that turns DequantizeLinear -> Softmax -> QuantizeLinear into a per-element "
           "lookup table returns a row that does not sum to 1 (e.g. all 1.0)")
     if args.save_io:
-        INPUT.astype("<f4").tofile(out.with_suffix(".x.bin"))
-        y.astype("<f4").tofile(out.with_suffix(".y.bin"))
-        print(f"wrote {out.with_suffix('.x.bin')} and {out.with_suffix('.y.bin')}")
+        INPUT.astype("<f4").tofile(out.parent / "x.bin")
+        y.astype("<f4").tofile(out.parent / "y.bin")
+        print(f"wrote {out.parent / 'x.bin'} and {out.parent / 'y.bin'}")
 
 
 if __name__ == "__main__":
