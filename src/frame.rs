@@ -155,6 +155,31 @@ impl Mask {
     pub fn area(&self) -> usize {
         self.bits.iter().filter(|&&b| b).count()
     }
+
+    /// A mask drawn as rows of `#` (set) and `.`; whitespace around each row is ignored.
+    #[cfg(test)]
+    pub(crate) fn from_ascii(picture: &str) -> Mask {
+        let rows: Vec<&str> = picture
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let bits = rows
+            .iter()
+            .flat_map(|r| r.chars().map(|c| c == '#'))
+            .collect();
+        Mask::new(rows[0].len() as u32, rows.len() as u32, bits).expect("rows of equal length")
+    }
+
+    /// The inverse of [`Mask::from_ascii`], rows joined by newlines.
+    #[cfg(test)]
+    pub(crate) fn to_ascii(&self) -> String {
+        self.bits
+            .chunks(self.width as usize)
+            .map(|row| row.iter().map(|&b| if b { '#' } else { '.' }).collect())
+            .collect::<Vec<String>>()
+            .join("\n")
+    }
 }
 
 #[cfg(test)]

@@ -218,16 +218,7 @@ mod tests {
     use image::{ColorType, ImageFormat};
 
     fn mask(picture: &str) -> Mask {
-        let rows: Vec<&str> = picture
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        let bits = rows
-            .iter()
-            .flat_map(|r| r.chars().map(|c| c == '#'))
-            .collect();
-        Mask::new(rows[0].len() as u32, rows.len() as u32, bits).unwrap()
+        Mask::from_ascii(picture)
     }
 
     /// A fresh, empty folder for one test's files.

@@ -1,17 +1,20 @@
 //! Procedural phantoms: synthetic ultrasound and endoscopy frames with exact masks and
 //! attributes, for demos, tests and training small models without patient data.
 //!
-//! Everything is drawn from a seed by a small in-module PRNG (SplitMix64) and a few
-//! deterministic float helpers (`sin`, `exp`, `ln` from basic arithmetic only), so the same
-//! seed gives byte-identical images on every platform.
+//! Everything is drawn from a seed by a small in-module PRNG (SplitMix64) and a few float
+//! helpers (`sin`, `exp`, `ln`, `floor`) built from IEEE-754 basic arithmetic only, never the
+//! platform's maths library, so the same seed gives byte-identical images on every platform.
+//! Sizes and positions are fractions of the frame, so any size from 32×32 up works.
 //!
 //! **Ultrasound** frames mimic a sector (fan) B-mode image: black outside a fan whose apex sits
-//! near the top centre; inside, tissue layers with bright fascia lines and a textured
-//! parenchyma, multiplied by fully developed speckle (the magnitude of two spatially
-//! correlated Gaussian fields, i.e. Rayleigh distributed), depth-dependent gain and a focal
-//! zone, then log-compressed as a scanner does. Structures: one or two hypoechoic `lesion`s
-//! (round, oval or irregular, soft edged, sometimes with posterior acoustic shadowing or
-//! enhancement) and an anechoic `vessel` (a gently curved tube with bright walls).
+//! near the top centre; inside, tissue layers with bright fascia lines and a mottled
+//! parenchyma, multiplied by fully developed speckle (the magnitude of spatially correlated
+//! Gaussian fields, i.e. Rayleigh distributed, sometimes compounded), depth-dependent gain and
+//! a focal zone, then log-compressed as a scanner does. Structures: one or two hypoechoic
+//! `lesion`s (round, oval or irregular, soft edged or cyst-like, sometimes with posterior
+//! acoustic shadowing or enhancement) and an anechoic `vessel` (a gently curved tube with
+//! bright walls, crossing the fan or ending inside it). Drawing them apart keeps each lesion
+//! clear of the vessel.
 //!
 //! **Endoscopy** frames mimic a colonoscope view: a circular or octagonal field of view on a
 //! black border; pink to red mucosa with low-frequency colour variation, folds around a dark
@@ -21,10 +24,20 @@
 //! or jaw tip, specular stripe) that occludes what lies under it.
 //!
 //! Each structure's mask is exactly its visible pixels. Its attributes follow the prompt
-//! vocabulary of [`crate::prompt`]: `size` comes from the mask's area as a fraction of the
-//! frame ([`SMALL_MAX_FRACTION`], [`MEDIUM_MAX_FRACTION`]) and `location` from the mask's
-//! centroid on a 3×3 grid. [`write_dataset`] writes PNGs and a `samples.jsonl` index
-//! (see [`crate::dataset`]).
+//! vocabulary of [`crate::prompt`]:
+//!
+//! | attribute | value |
+//! |-----------|-------|
+//! | class | `lesion`, `vessel`, `polyp`, `tool` |
+//! | shape | the outline drawn: `round`, `oval`, `irregular`; vessels and tools `elongated` |
+//! | color | lesion `dark`, vessel `black`, tool `grey`, polyp `pink` or `red` by its hue |
+//! | size | mask area / frame area: `small` < 1 %, `medium` < 4 %, else `large` (see below) |
+//! | count | `two` when the lesion mask holds two lesions, else `one` |
+//! | location | the mask centroid's cell on a 3×3 grid, e.g. `top left of the image` |
+//! | definition | a fixed short clinical definition per class (no commas) |
+//!
+//! The size thresholds are [`SMALL_MAX_FRACTION`] and [`MEDIUM_MAX_FRACTION`]. [`write_dataset`]
+//! writes PNGs and a `samples.jsonl` index (see [`crate::dataset`]).
 
 use std::fmt;
 use std::fs;
@@ -119,7 +132,8 @@ pub struct Structure {
     pub mask: Mask,
 }
 
-/// A generated frame with its structures (at least two, each with a non-empty mask).
+/// A generated frame with its structures, each with a non-empty mask: `lesion` then `vessel`
+/// for ultrasound, `polyp` then `tool` for endoscopy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Phantom {
     pub modality: Modality,
@@ -163,7 +177,8 @@ pub fn generate(
 ///
 /// Image `i` is ultrasound for even `i` and endoscopy for odd `i`, drawn from a seed mixed
 /// from `seed` and `i`. Files: `us_0000.png`, `endo_0001.png`, … (RGB) and one mask per
-/// structure, `<stem>_<class>.png` (8-bit gray, 0 or 255).
+/// structure, `<stem>_<class>.png` (8-bit gray, 0 or 255). Existing files of the same names are
+/// replaced; `count = 0` writes an empty index.
 pub fn write_dataset(
     dir: &Path,
     count: usize,
@@ -176,7 +191,7 @@ pub fn write_dataset(
         path: dir.to_path_buf(),
         source,
     })?;
-    let mut samples = Vec::with_capacity(count * 2);
+    let mut samples = Vec::with_capacity(count.min(1 << 16) * 2);
     for i in 0..count {
         let modality = if i % 2 == 0 {
             Modality::Ultrasound
@@ -523,16 +538,15 @@ struct Field {
 }
 
 struct Octave {
-    fx: f32,
     fy: f32,
-    ox: f32,
     oy: f32,
-    ix0: i32,
     iy0: i32,
     cols: usize,
     rows: usize,
     amp: f32,
     values: Vec<f32>,
+    /// Per frame column: lattice column and smoothed fraction at the pixel centre.
+    columns: Vec<(usize, f32)>,
 }
 
 impl Field {
@@ -571,17 +585,19 @@ impl Field {
                     });
                 }
             }
+            let cols = (ix1 - ix0 + 1) as usize;
+            let columns = (0..size.0)
+                .map(|x| cell(x as f32 + 0.5, fxo, ox, ix0, cols))
+                .collect();
             layers.push(Octave {
-                fx: fxo,
                 fy: fyo,
-                ox,
                 oy,
-                ix0,
                 iy0,
-                cols: (ix1 - ix0 + 1) as usize,
+                cols,
                 rows: (iy1 - iy0 + 1) as usize,
                 amp,
                 values,
+                columns,
             });
             norm += amp;
             amp *= 0.5;
@@ -593,29 +609,32 @@ impl Field {
         }
     }
 
-    /// The field at pixel coordinates (`x`, `y`); points off the frame read its edge cells.
-    #[inline]
-    fn at(&self, x: f32, y: f32) -> f32 {
-        let mut sum = 0.0;
+    /// Row `y` of the field at pixel centres, into `out` (one value per column).
+    fn row(&self, y: u32, out: &mut [f32]) {
+        out.fill(0.0);
         for o in &self.octaves {
-            let (xs, ys) = (x * o.fx + o.ox, y * o.fy + o.oy);
-            let (x0, y0) = (floor(xs), floor(ys));
-            let (tx, ty) = (xs - x0, ys - y0);
-            let (sx, sy) = (tx * tx * (3.0 - 2.0 * tx), ty * ty * (3.0 - 2.0 * ty));
-            let ix = (x0 as i32)
-                .saturating_sub(o.ix0)
-                .clamp(0, o.cols as i32 - 2) as usize;
-            let iy = (y0 as i32)
-                .saturating_sub(o.iy0)
-                .clamp(0, o.rows as i32 - 2) as usize;
-            let k = iy * o.cols + ix;
-            let v = &o.values;
-            let top = lerp(v[k], v[k + 1], sx);
-            let bottom = lerp(v[k + o.cols], v[k + o.cols + 1], sx);
-            sum += o.amp * lerp(top, bottom, sy);
+            let (iy, sy) = cell(y as f32 + 0.5, o.fy, o.oy, o.iy0, o.rows);
+            let v = &o.values[iy * o.cols..];
+            for (acc, &(ix, sx)) in out.iter_mut().zip(&o.columns) {
+                let top = lerp(v[ix], v[ix + 1], sx);
+                let bottom = lerp(v[ix + o.cols], v[ix + o.cols + 1], sx);
+                *acc += o.amp * lerp(top, bottom, sy);
+            }
         }
-        sum / self.norm
+        for acc in out.iter_mut() {
+            *acc /= self.norm;
+        }
     }
+}
+
+/// The lattice cell (clamped to the `n` stored ones) and smoothed fraction of coordinate `p`
+/// at `f` cells per pixel, offset `o`, for a lattice starting at `i0`.
+fn cell(p: f32, f: f32, o: f32, i0: i32, n: usize) -> (usize, f32) {
+    let s = p * f + o;
+    let s0 = floor(s);
+    let t = s - s0;
+    let i = (s0 as i32).saturating_sub(i0).clamp(0, n as i32 - 2) as usize;
+    (i, t * t * (3.0 - 2.0 * t))
 }
 
 /// A soft-edged closed shape: an ellipse whose radius is modulated by a few harmonics
@@ -1126,8 +1145,8 @@ mod ultrasound {
         // Fully developed speckle: the magnitude of two correlated Gaussian fields (Rayleigh
         // distributed), its grain longer across the beam than along it.
         // Some frames are compounded (two patterns averaged), which smooths the speckle.
-        let sigma_x = (s / 220.0).max(0.6) * rng.range(0.8, 1.4);
-        let sigma_y = sigma_x * rng.range(0.45, 0.7);
+        let sigma_x = (s / 200.0).max(0.6) * rng.range(0.8, 1.5);
+        let sigma_y = (sigma_x * rng.range(0.35, 0.55)).max(0.4);
         let patterns = if rng.chance(0.6) { 2 } else { 1 };
         let speckle: Vec<Vec<f32>> = (0..2 * patterns)
             .map(|_| gaussian_field(w, h, sigma_x, sigma_y, rng.noise()))
@@ -1138,7 +1157,9 @@ mod ultrasound {
         let mut vessel_bits = vec![false; n];
         let y_top = fan.ay + fan.r0;
         let y_span = (fan.ay + fan.r1 - y_top).max(1.0);
+        let mut tex_row = vec![0f32; w as usize];
         for y in 0..h {
+            texture.row(y, &mut tex_row);
             for x in 0..w {
                 let (px, py) = centre(x, y);
                 if !fan.contains(px, py) {
@@ -1149,7 +1170,7 @@ mod ultrasound {
                 let r = (dx * dx + dy * dy).sqrt();
                 let depth = (r - fan.r0) / span;
                 let t = (py - y_top) / y_span;
-                let tex = texture.at(px, py);
+                let tex = tex_row[x as usize];
                 let mut e = layers.echo(x as usize, t)
                     * (1.0 + texture_depth * ((tex - 0.5) * 5.0).clamp(-1.0, 1.0));
 
@@ -1652,7 +1673,20 @@ mod endoscopy {
         let mut rgb = vec![0u8; n * 3];
         let mut polyp_bits = vec![false; n];
         let mut tool_bits = vec![false; n];
+        let fields = [
+            &colour_noise,
+            &fold_warp,
+            &fold_mod,
+            &vessels,
+            &fine_vessels,
+            &grain,
+            &polyp.texture,
+        ];
+        let mut rows = vec![vec![0f32; w as usize]; fields.len()];
         for y in 0..h {
+            for (field, row) in fields.iter().zip(&mut rows) {
+                field.row(y, row);
+            }
             for x in 0..w {
                 let (px, py) = centre(x, y);
                 let inside = fov.inside(px, py);
@@ -1662,30 +1696,31 @@ mod endoscopy {
                 let i = y as usize * w as usize + x as usize;
 
                 // Mucosa colour, lumen darkness and folds.
-                let mix = smoothstep(0.3, 0.7, colour_noise.at(px, py));
+                let xu = x as usize;
+                let mix = smoothstep(0.3, 0.7, rows[0][xu]);
                 let mut col = [0usize, 1, 2].map(|k| lerp(col_a[k], col_b[k], mix));
                 let (lx, ly) = (px - lumen.0, py - lumen.1);
                 let ld2 = lx * lx + ly * ly;
                 let illum = 1.0 - lumen_depth * exp(-ld2 / (2.0 * lumen_sigma * lumen_sigma));
                 let mut folds = 1.0;
                 if fold_strength > 0.0 {
-                    let warp = fold_warp.at(px, py) - 0.5;
+                    let warp = rows[1][xu] - 0.5;
                     let f = ld2.sqrt() / fold_lambda + 3.0 * warp;
                     let crest = 0.5 + 0.5 * cos(2.0 * PI * f);
                     let behind = 0.5 + 0.5 * cos(2.0 * PI * (f - 0.22));
                     let (c2, b2) = (crest * crest, behind * behind);
-                    let strength = fold_strength * smoothstep(0.25, 0.65, fold_mod.at(px, py));
+                    let strength = fold_strength * smoothstep(0.25, 0.65, rows[2][xu]);
                     folds = 1.0 + strength * (c2 * c2 - 0.8 * b2 * b2 * b2);
                 }
-                let vn = vessels.at(px, py);
+                let vn = rows[3][xu];
                 let vessel = (1.0 - smoothstep(0.0, vessel_width, (vn - 0.5).abs())) * vessel_vis;
-                let vn2 = fine_vessels.at(px, py);
+                let vn2 = rows[4][xu];
                 let fine = (1.0 - smoothstep(0.0, vessel_width * 0.7, (vn2 - 0.5).abs()))
                     * vessel_vis
                     * 0.6;
                 let vein = vessel.max(fine);
                 let darken = [1.0 - 0.2 * vein, 1.0 - 0.5 * vein, 1.0 - 0.3 * vein];
-                let g = 1.0 + 0.08 * (grain.at(px, py) - 0.5);
+                let g = 1.0 + 0.08 * (rows[5][xu] - 0.5);
                 col = [0, 1, 2].map(|k| col[k] * darken[k] * illum * folds * g);
 
                 // Polyp: a dome lit from near the camera, with the same fine texture.
@@ -1700,8 +1735,9 @@ mod endoscopy {
                     let hgt = (1.0 - (rho * rho).min(1.0)).sqrt();
                     let l = polyp.light;
                     let diffuse = (u * l[0] + v * l[1] + hgt * l[2]).max(0.0);
-                    let tex = 1.0 + 0.12 * (polyp.texture.at(px, py) - 0.5);
-                    let shade = (0.4 + 0.75 * diffuse) * tex * g * (0.5 + 0.5 * illum);
+                    let tex = 1.0 + 0.12 * (rows[6][xu] - 0.5);
+                    let rim = 0.55 + 0.45 * hgt.sqrt();
+                    let shade = (0.3 + 0.85 * diffuse) * rim * tex * g * (0.5 + 0.5 * illum);
                     let pc =
                         [0, 1, 2].map(|k| polyp.color[k] * shade * (1.0 - 0.5 * (1.0 - darken[k])));
                     col = [0, 1, 2].map(|k| lerp(col[k], pc[k], alpha));
@@ -1747,11 +1783,7 @@ mod endoscopy {
         }
 
         let colour = if polyp.red { "red" } else { "pink" };
-        let shape = if polyp.outline == Outline::Irregular {
-            "irregular"
-        } else {
-            polyp.outline.name()
-        };
+        let shape = polyp.outline.name();
         let structures = vec![
             structure("polyp", shape, colour, "one", w, h, polyp_bits)?,
             structure("tool", "elongated", "grey", "one", w, h, tool_bits)?,
@@ -1868,7 +1900,7 @@ mod tests {
         let endo = digest(&generate(Modality::Endoscopy, 64, 48, 1).unwrap());
         assert_eq!(
             (us, endo),
-            (0x1101_cedf_f498_564a, 0xaa39_35c1_70f7_30f5),
+            (0x702f_a122_45cf_95a6, 0x33b6_7987_e76e_98e1),
             "update the pinned digests: {us:#x} {endo:#x}"
         );
     }
@@ -2106,10 +2138,12 @@ mod tests {
             (8192, 8192),
         ] {
             for m in both() {
-                assert!(
-                    matches!(generate(m, w, h, 1), Err(PhantomError::BadSize { width, height }) if (width, height) == (w, h)),
-                    "{w}x{h}"
-                );
+                match generate(m, w, h, 1) {
+                    Err(PhantomError::BadSize { width, height }) => {
+                        assert_eq!((width, height), (w, h))
+                    }
+                    other => panic!("{w}x{h}: expected BadSize, got {other:?}"),
+                }
             }
             let dir = std::env::temp_dir().join("edgeseg-phantom-never-created");
             assert!(matches!(

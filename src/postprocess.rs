@@ -380,26 +380,11 @@ mod tests {
 
     /// A mask as rows of '#' (set) and '.' (clear).
     fn ascii(mask: &Mask) -> String {
-        mask.bits()
-            .chunks(mask.width() as usize)
-            .map(|row| row.iter().map(|&b| if b { '#' } else { '.' }).collect())
-            .collect::<Vec<String>>()
-            .join("\n")
+        mask.to_ascii()
     }
 
-    /// The inverse of [`ascii`]; surrounding whitespace on each line is ignored.
     fn mask(picture: &str) -> Mask {
-        let rows: Vec<&str> = picture
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        let width = rows[0].len() as u32;
-        let bits = rows
-            .iter()
-            .flat_map(|r| r.chars().map(|c| c == '#'))
-            .collect();
-        Mask::new(width, rows.len() as u32, bits).unwrap()
+        Mask::from_ascii(picture)
     }
 
     fn geometry(resize: Resize, model: (u32, u32), frame: (u32, u32)) -> Geometry {

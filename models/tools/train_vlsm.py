@@ -2,10 +2,12 @@
 configuration (vlsm_common.MODEL_CONFIG), from scratch on CPU, on procedural ultrasound and
 endoscopy phantoms written by the runtime's own generator:
 
-  edgeseg phantoms --out /work/scratch/phantoms/train --count 4000 --seed 1 --size 128x128
+  edgeseg phantoms --out /work/scratch/phantoms/train --count 5000 --seed 1 --size 128x128
   edgeseg phantoms --out /work/scratch/phantoms/heldout --count 200 --seed 999 --size 128x128
-  python train_vlsm.py --train /work/scratch/phantoms/train --heldout /work/scratch/phantoms/heldout \
-      --out /work/scratch/vlsm/ckpt.pt
+  edgeseg phantoms --out /work/scratch/phantoms/train43 --count 1000 --seed 2 --size 320x240
+  python train_vlsm.py --train /work/scratch/phantoms/train /work/scratch/phantoms/train43 \
+      --heldout /work/scratch/phantoms/heldout \
+      --patch 16 --lr 1.5e-3 --warmup 150 --epochs 12 --time-budget 40 --out /work/scratch/vlsm/ckpt.pt
 
 One training sample is one line of `samples.jsonl` (an image and one of its structures); each
 time a line is drawn, its prompt is one of its pre-built levels P1..P9 chosen at random, so the
@@ -21,7 +23,9 @@ state dict loads into the unchanged Hugging Face class.
 At the end it prints the held-out Dice (mask = sigmoid > 0.5) per class and per prompt level,
 averaged over every held-out (image, structure) line and every level P1..P9, and saves the
 checkpoint (state dict, configuration, figures) to --out, outside the repository.
-Deterministic for a given seed and thread count. Runs offline.
+Deterministic for a given seed and thread count when `--time-budget 0` (the learning-rate
+schedule is then a cosine over --epochs); with a time budget the schedule follows the clock, so
+the number of steps depends on the machine (the checkpoint records it). Runs offline.
 """
 
 from __future__ import annotations
@@ -48,20 +52,22 @@ LEVELS = [f"P{i}" for i in range(1, 10)]
 class PhantomSet:
     """A phantom folder held in memory: images (uint8), masks (bool), prompts tokenized."""
 
-    def __init__(self, root: Path, tokenizer, max_images: int | None = None):
-        samples = vc.read_samples(root)
-        image_index: dict[str, int] = {}
+    def __init__(self, roots: Path | list[Path], tokenizer, max_images: int | None = None):
+        roots = [roots] if isinstance(roots, Path) else roots
+        samples = [(root, s) for root in roots for s in vc.read_samples(root)]
+        image_index: dict[tuple, int] = {}
         images, masks, img_of, prompts, classes = [], [], [], [], []
-        for s in samples:
-            if s["image"] not in image_index:
+        for root, s in samples:
+            key = (root, s["image"])
+            if key not in image_index:
                 if max_images is not None and len(image_index) >= max_images:
                     continue
-                image_index[s["image"]] = len(images)
+                image_index[key] = len(images)
                 img = Image.open(root / s["image"]).convert("RGB")
                 if img.size != (vc.IMAGE_SIZE, vc.IMAGE_SIZE):
                     img = img.resize((vc.IMAGE_SIZE, vc.IMAGE_SIZE), Image.BILINEAR)
                 images.append(np.asarray(img, dtype=np.uint8))
-            img_of.append(image_index[s["image"]])
+            img_of.append(image_index[key])
             masks.append(vc.load_mask(root / s["mask"]) > 0.5)
             levels = s.get("prompts") or {}
             p = [levels[k] for k in LEVELS if levels.get(k)]
@@ -80,7 +86,7 @@ class PhantomSet:
         self.prompt_row = {p: i for i, p in enumerate(uniq)}
         self.ids = torch.from_numpy(ids)
         self.am = torch.from_numpy(am)
-        print(f"{root}: {len(images)} images, {len(masks)} structures, {len(uniq)} distinct prompts")
+        print(f"{', '.join(str(r) for r in roots)}: {len(images)} images, {len(masks)} structures, {len(uniq)} distinct prompts")
 
     def __len__(self):
         return len(self.masks)
@@ -144,20 +150,24 @@ def evaluate(model, data: PhantomSet, levels=LEVELS, batch: int = 64, limit: int
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train", default="/work/scratch/phantoms/train", help="phantom folder (seed 1)")
+    ap.add_argument("--train", nargs="+", default=["/work/scratch/phantoms/train"],
+                    help="phantom folder(s); frames of another size are stretched to 128x128 like the runtime does")
     ap.add_argument("--heldout", default="/work/scratch/phantoms/heldout", help="phantom folder (seed 999)")
     ap.add_argument("--bpe-dir", default=str(vc.DEFAULT_BPE_DIR))
     ap.add_argument("--out", default="/work/scratch/vlsm/ckpt.pt")
-    ap.add_argument("--epochs", type=float, default=6.0)
+    ap.add_argument("--epochs", type=float, default=12.0, help="upper bound; the time budget usually ends training first")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--weight-decay", type=float, default=0.02)
-    ap.add_argument("--warmup", type=int, default=200, help="warm-up steps")
+    ap.add_argument("--warmup", type=int, default=150, help="warm-up steps")
     ap.add_argument("--max-images", type=int, default=None, help="use at most this many training images")
-    ap.add_argument("--time-budget", type=float, default=40.0, help="minutes; stop early when spent")
-    ap.add_argument("--eval-every", type=int, default=500, help="steps between quick held-out checks")
+    ap.add_argument("--time-budget", type=float, default=40.0,
+                    help="minutes; the cosine schedule ends when they are spent (0: no limit, step-based only)")
+    ap.add_argument("--eval-every", type=int, default=300, help="steps between quick held-out checks")
     ap.add_argument("--patch", type=int, default=vc.MODEL_CONFIG["vision"]["patch_size"], choices=[8, 16],
                     help="vision patch size (changes the configuration; stored in the checkpoint)")
+    ap.add_argument("--init", default=None,
+                    help="start from this checkpoint's weights (a further training cycle; its configuration is kept)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -168,15 +178,24 @@ def main():
     rng = np.random.default_rng(args.seed)
 
     tok = vc.load_tokenizer(args.bpe_dir)
-    train = PhantomSet(Path(args.train), tok, args.max_images)
+    train = PhantomSet([Path(p) for p in args.train], tok, args.max_images)
     held = PhantomSet(Path(args.heldout), tok)
 
-    overrides = vc.patch_overrides(args.patch)
-    model = vc.build_model(overrides)
-    vc.reset_decoder_init(model)
-    with torch.no_grad():  # start from "mostly background" (structures cover a few % of a frame)
-        last = [m for m in model.decoder.transposed_convolution.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1]
-        last.bias.fill_(-2.0)
+    prior_steps, prior_minutes = 0, 0.0
+    if args.init:
+        model, prior = vc.load_checkpoint(args.init)
+        overrides = prior.get("config_overrides")
+        prior_steps = prior["train"]["steps"] + prior["train"].get("prior_steps", 0)
+        prior_minutes = prior["train"]["minutes"] + prior["train"].get("prior_minutes", 0.0)
+        print(f"starting from {args.init} ({prior_steps} steps, {prior_minutes:.1f} min of training)")
+    else:
+        overrides = vc.patch_overrides(args.patch)
+        model = vc.build_model(overrides)
+        vc.reset_decoder_init(model)
+        with torch.no_grad():  # start from "mostly background" (structures cover a few % of a frame)
+            last = [m for m in model.decoder.transposed_convolution.modules()
+                    if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+            last.bias.fill_(-2.0)
     model.train()
     n_params = vc.count_parameters(model)
     print(f"parameters: {n_params:,} (token embedding {model.clip.text_model.embeddings.token_embedding.weight.numel():,})")
@@ -192,7 +211,7 @@ def main():
     steps_per_epoch = math.ceil(len(train) / args.batch)
     total = int(args.epochs * steps_per_epoch)
 
-    budget_s = args.time_budget * 60
+    budget_s = args.time_budget * 60 if args.time_budget > 0 else float("inf")
 
     def lr_at(step):
         # Warm-up, then cosine decay over whichever runs out first: the steps or the time budget.
@@ -252,7 +271,8 @@ def main():
         f"ViT {cfg.vision_config.num_hidden_layers}x{cfg.vision_config.hidden_size} patch {cfg.vision_config.patch_size}, "
         f"text transformer {cfg.text_config.num_hidden_layers}x{cfg.text_config.hidden_size} on CLIP BPE ids, "
         f"FiLM decoder {cfg.reduce_dim}) trained from scratch on CPU on {images} procedural "
-        f"ultrasound and endoscopy phantoms (edgeseg phantoms, seed 1, 128x128) for {step} steps; "
+        f"ultrasound and endoscopy phantoms (edgeseg phantoms, 128x128 and 4:3 frames stretched to it) "
+        f"for {prior_steps + step} steps of {args.batch} ({(prior_minutes + train_s / 60):.0f} min); "
         f"one structure per sample, prompt level P1..P9 drawn at random. Held-out Dice "
         f"(seed 999, {len(held.images)} images, every structure x P1..P9, mask = sigmoid > 0.5): "
         f"{mean:.3f} mean; "
@@ -269,6 +289,7 @@ def main():
             "description": description,
             "heldout_dice": {"mean": mean, "per_class": per_class, "per_level": per_level},
             "train": {"images": images, "structures": len(train), "steps": step, "minutes": train_s / 60,
+                      "prior_steps": prior_steps, "prior_minutes": prior_minutes,
                       "stopped_early": stopped_early, "args": vars(args)},
             "parameters": n_params,
         },
@@ -276,7 +297,8 @@ def main():
     )
     out.with_suffix(".json").write_text(json.dumps(
         {"description": description, "heldout_dice": {"mean": mean, "per_class": per_class, "per_level": per_level},
-         "parameters": n_params, "steps": step, "minutes": train_s / 60}, indent=2))
+         "parameters": n_params, "steps": step, "minutes": train_s / 60,
+         "prior_steps": prior_steps, "prior_minutes": prior_minutes}, indent=2))
     print(f"saved {out}")
 
 

@@ -215,17 +215,16 @@ impl VlsmSession {
         let encoded = self
             .cache
             .get(prompt)
-            .expect("set_prompt caches the current prompt")
-            .clone();
+            .expect("set_prompt caches the current prompt");
         let mut timings = Timings::default();
 
         let t0 = Instant::now();
         let geometry = self.model.preprocessor.run(frame, &mut self.pixels);
-        let graph = self.image.graph().clone();
+        let graph = self.image.graph();
         let m = self.model.package.manifest();
         let [w, h] = m.input.size;
         let pixels = Tensor::from_shape(&[1, 3, h as usize, w as usize], &self.pixels)
-            .map_err(tensor_err(&graph))?;
+            .map_err(tensor_err(graph))?;
         let named = match &self.text {
             Some(_) => vec![
                 ("pixel_values", pixels),
@@ -237,7 +236,7 @@ impl VlsmSession {
                 ("pixel_values", pixels),
             ],
         };
-        let inputs = in_manifest_order(&graph.spec().inputs, named, &graph)?;
+        let inputs = in_manifest_order(&graph.spec().inputs, named, graph)?;
         timings.preprocess = ms(t0);
 
         let t1 = Instant::now();
@@ -245,12 +244,11 @@ impl VlsmSession {
         timings.inference = ms(t1);
 
         let t2 = Instant::now();
-        let logits = outputs[0]
-            .try_as_plain_ram()
-            .and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec));
-        let logits = logits.map_err(tensor_err(&graph))?;
+        let graph = self.image.graph();
+        let view = outputs[0].try_as_plain_ram().map_err(tensor_err(graph))?;
+        let logits = view.as_slice::<f32>().map_err(tensor_err(graph))?;
         let segmentation = postprocess::segment(
-            &logits,
+            logits,
             w,
             h,
             1,
