@@ -18,8 +18,10 @@ Usage:
       --package
   python export_vlsm.py --random --out-dir /tmp/random-clipseg    # random weights, f32 only
 
---package copies the f32 graphs and the tokenizer into models/clipseg-phantom/ and
-models/clipseg-phantom-joint/ and writes their model.toml (with sha256 of every file).
+--package copies the f32 graphs, the int8 candidate named by --ship-int8 (default qdq: correct in
+tract and faster there than the dynamic form; see docs/precision.md) and the tokenizer into
+models/clipseg-phantom/ and models/clipseg-phantom-joint/ and writes their model.toml (with
+sha256 of every file).
 Runs offline; deterministic (fixed seeds).
 """
 
@@ -267,7 +269,7 @@ def _graph_entry(role, precisions, file, digest, inputs, outputs) -> str:
 
 
 def write_packages(f32_dir: Path, models_dir: Path, bpe_dir: Path, proj: int, description: str,
-                   default_prompt: str):
+                   default_prompt: str, int8_graph: Path | None):
     L, S = vc.CONTEXT_LENGTH, vc.IMAGE_SIZE
     text_io = ([("input_ids", "i64", [1, L]), ("attention_mask", "i64", [1, L])],
                [("conditional_embeddings", "f32", [1, proj])])
@@ -307,6 +309,9 @@ def write_packages(f32_dir: Path, models_dir: Path, bpe_dir: Path, proj: int, de
     text = header("clipseg-phantom")
     text += _graph_entry("text", ["f32", "f16", "int8"], "text-f32.onnx", vc.sha256(split / "text-f32.onnx"), *text_io)
     text += "\n" + _graph_entry("image", ["f32", "f16"], "image-f32.onnx", vc.sha256(split / "image-f32.onnx"), *image_io)
+    if int8_graph is not None:
+        shutil.copyfile(int8_graph, split / "image-int8.onnx")
+        text += "\n" + _graph_entry("image", ["int8"], "image-int8.onnx", vc.sha256(split / "image-int8.onnx"), *image_io)
     (split / "model.toml").write_text(text)
 
     text = header("clipseg-phantom-joint")
@@ -330,6 +335,8 @@ def main():
     ap.add_argument("--eval-count", type=int, default=200)
     ap.add_argument("--bpe-dir", default=str(vc.DEFAULT_BPE_DIR))
     ap.add_argument("--package", action="store_true", help="write models/clipseg-phantom{,-joint}/")
+    ap.add_argument("--ship-int8", choices=["qdq", "dynamic", "none"], default="qdq",
+                    help="int8 candidate packaged as image-int8.onnx (qdq: correct in tract and the faster one)")
     ap.add_argument("--models-dir", default=str(vc.REPO_DIR / "models"))
     ap.add_argument("--default-prompt", default="P4")
     ap.add_argument("--report", default=None, help="write the figures as JSON here")
@@ -357,8 +364,11 @@ def main():
     if args.package:
         if args.random:
             raise SystemExit("--package needs a trained checkpoint")
+        int8_graph = None if args.ship_int8 == "none" else Path(args.int8_dir) / f"image-int8-{args.ship_int8}.onnx"
+        if int8_graph is not None and not int8_graph.exists():
+            raise SystemExit(f"{int8_graph} missing: run with --quantize first")
         write_packages(out_dir, Path(args.models_dir), Path(args.bpe_dir), model.config.projection_dim,
-                       ckpt.get("description", "CLIPSeg phantom model"), args.default_prompt)
+                       ckpt.get("description", "CLIPSeg phantom model"), args.default_prompt, int8_graph)
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2))
 
