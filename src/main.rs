@@ -211,7 +211,7 @@ fn segment_file(
             &stem,
             index,
             decode,
-            text_ms * f64::from(i == 0),
+            if i == 0 { text_ms } else { 0.0 },
         )?);
     }
     let model = session.model();
@@ -264,13 +264,17 @@ fn segment(
     let vlsm = load_vlsm(model)?;
     let (text, allow_empty) = resolve_prompt(prompt, &vlsm)?;
     let mut session = vlsm.session()?;
-    let text_ms = session.set_prompt(&text, allow_empty)?;
+    // The prompt is encoded once; its cost is reported on the first frame of the run.
+    let mut text_ms = session.set_prompt(&text, allow_empty)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("{}: cannot create output folder", out.display()))?;
     let mut failed = 0;
     for path in inputs {
         match segment_file(&mut session, path, out, text_ms, &text) {
-            Ok(n) => println!("{}: {n} frame(s) → {}", path.display(), out.display()),
+            Ok(n) => {
+                text_ms = 0.0;
+                println!("{}: {n} frame(s) → {}", path.display(), out.display());
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("error: {}", one_line(&e));

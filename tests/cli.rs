@@ -251,3 +251,35 @@ fn multi_frame_dicom_gives_one_mask_per_frame() {
             .unwrap();
     assert_eq!(summary["frames"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn pixel_spacing_turns_area_into_square_millimetres() {
+    let out_dir = scratch("spacing");
+    for name in ["pixel_spacing", "us_regions_spacing"] {
+        let path = format!("tests/fixtures/dicom/{name}.dcm");
+        let out = edgeseg(&[
+            "segment",
+            &path,
+            "--prompt",
+            "lesion",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let spacing = edgeseg::input::load(&root().join(&path)).unwrap().frames[0]
+            .spacing()
+            .expect("fixture has a spacing");
+        let summary: serde_json::Value = serde_json::from_str(
+            &fs::read_to_string(out_dir.join(format!("{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        let frame = &summary["frames"][0];
+        let area_px = frame["area_px"].as_f64().unwrap();
+        assert!(area_px > 0.0, "{name}: empty mask");
+        let area_mm2 = frame["area_mm2"].as_f64().expect("area in mm²");
+        assert!(
+            (area_mm2 - area_px * spacing.pixel_area_mm2()).abs() < 1e-9,
+            "{name}: {area_mm2}"
+        );
+    }
+}
