@@ -13,8 +13,8 @@ held-out phantoms (mask Dice at probability 0.5, max/mean absolute logit error):
                             its DequantizeLinear -> Softmax -> QuantizeLinear chains break in tract)
 
 Usage:
-  python export_vlsm.py --checkpoint /work/scratch/vlsm/ckpt.pt --out-dir /work/scratch/vlsm/onnx \
-      --quantize --calib-data /work/scratch/phantoms/train --eval-data /work/scratch/phantoms/heldout \
+  python export_vlsm.py --checkpoint models/tools/.cache/vlsm/ckpt.pt --out-dir models/tools/.cache/vlsm/onnx \
+      --quantize --calib-data models/tools/.cache/phantoms/train --eval-data models/tools/.cache/phantoms/heldout \
       --package
   python export_vlsm.py --random --out-dir /tmp/random-clipseg    # random weights, f32 only
 
@@ -322,16 +322,16 @@ def write_packages(f32_dir: Path, models_dir: Path, bpe_dir: Path, proj: int, de
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", default="/work/scratch/vlsm/ckpt.pt")
+    ap.add_argument("--checkpoint", default=str(vc.CACHE_DIR / "vlsm/ckpt.pt"))
     ap.add_argument("--random", action="store_true", help="export random weights (no checkpoint)")
-    ap.add_argument("--out-dir", default="/work/scratch/vlsm/onnx", help="where the f32 graphs go")
+    ap.add_argument("--out-dir", default=str(vc.CACHE_DIR / "vlsm/onnx"), help="where the f32 graphs go")
     ap.add_argument("--exporter", choices=["dynamo", "legacy"], default="dynamo")
     ap.add_argument("--quantize", action="store_true", help="make and compare the int8 image candidates")
-    ap.add_argument("--int8-dir", default="/work/scratch/vlsm/int8")
-    ap.add_argument("--qdq-all", default="/work/scratch/image-int8-qdq-all.onnx")
-    ap.add_argument("--calib-data", default="/work/scratch/phantoms/train", help="phantom folder for calibration")
+    ap.add_argument("--int8-dir", default=str(vc.CACHE_DIR / "vlsm/int8"))
+    ap.add_argument("--qdq-all", default=str(vc.CACHE_DIR / "image-int8-qdq-all.onnx"))
+    ap.add_argument("--calib-data", default=str(vc.CACHE_DIR / "phantoms/train"), help="phantom folder for calibration")
     ap.add_argument("--calib-count", type=int, default=64)
-    ap.add_argument("--eval-data", default="/work/scratch/phantoms/heldout", help="held-out phantom folder")
+    ap.add_argument("--eval-data", default=str(vc.CACHE_DIR / "phantoms/heldout"), help="held-out phantom folder")
     ap.add_argument("--eval-count", type=int, default=200)
     ap.add_argument("--bpe-dir", default=str(vc.DEFAULT_BPE_DIR))
     ap.add_argument("--package", action="store_true", help="write models/clipseg-phantom{,-joint}/")

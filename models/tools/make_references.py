@@ -18,7 +18,7 @@ in DIR (image-int8-*.onnx) into DIR/parity-<candidate>/, ready to copy beside th
 fixtures once one candidate ships as image-int8.onnx.
 
   python make_references.py [--models-dir models] [--fixtures-dir tests/fixtures/parity] \
-      [--phantoms /work/scratch/phantoms/heldout] [--candidates /work/scratch/vlsm/int8]
+      [--phantoms models/tools/.cache/phantoms/heldout] [--candidates models/tools/.cache/vlsm/int8]
 
 Re-run after every re-export. Deterministic; offline.
 """
@@ -86,7 +86,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models-dir", default=str(vc.REPO_DIR / "models"))
     ap.add_argument("--fixtures-dir", default=str(vc.REPO_DIR / "tests/fixtures/parity"))
-    ap.add_argument("--phantoms", default="/work/scratch/phantoms/heldout",
+    ap.add_argument("--phantoms", default=str(vc.CACHE_DIR / "phantoms/heldout"),
                     help="phantom folder (edgeseg phantoms --seed 999 --size 128x128)")
     ap.add_argument("--image", default=None, help="use this frame instead of the first round lesion frame")
     ap.add_argument("--prompt", default=None, help="first prompt (default: that lesion's P3 prompt)")

@@ -2,12 +2,12 @@
 configuration (vlsm_common.MODEL_CONFIG), from scratch on CPU, on procedural ultrasound and
 endoscopy phantoms written by the runtime's own generator:
 
-  edgeseg phantoms --out /work/scratch/phantoms/train --count 5000 --seed 1 --size 128x128
-  edgeseg phantoms --out /work/scratch/phantoms/heldout --count 200 --seed 999 --size 128x128
-  edgeseg phantoms --out /work/scratch/phantoms/train43 --count 1000 --seed 2 --size 320x240
-  python train_vlsm.py --train /work/scratch/phantoms/train /work/scratch/phantoms/train43 \
-      --heldout /work/scratch/phantoms/heldout \
-      --patch 16 --lr 1.5e-3 --warmup 150 --epochs 12 --time-budget 40 --out /work/scratch/vlsm/ckpt.pt
+  edgeseg phantoms --out models/tools/.cache/phantoms/train --count 5000 --seed 1 --size 128x128
+  edgeseg phantoms --out models/tools/.cache/phantoms/heldout --count 200 --seed 999 --size 128x128
+  edgeseg phantoms --out models/tools/.cache/phantoms/train43 --count 1000 --seed 2 --size 320x240
+  python train_vlsm.py --train models/tools/.cache/phantoms/train models/tools/.cache/phantoms/train43 \
+      --heldout models/tools/.cache/phantoms/heldout \
+      --patch 16 --lr 1.5e-3 --warmup 150 --epochs 12 --time-budget 40 --out models/tools/.cache/vlsm/ckpt.pt
 
 One training sample is one line of `samples.jsonl` (an image and one of its structures); each
 time a line is drawn, its prompt is one of its pre-built levels P1..P9 chosen at random, so the
@@ -57,6 +57,7 @@ class PhantomSet:
         samples = [(root, s) for root in roots for s in vc.read_samples(root)]
         image_index: dict[tuple, int] = {}
         images, masks, img_of, prompts, classes = [], [], [], [], []
+        self.sources: dict[str, int] = {}  # frame size "WxH" -> number of images
         for root, s in samples:
             key = (root, s["image"])
             if key not in image_index:
@@ -64,6 +65,8 @@ class PhantomSet:
                     continue
                 image_index[key] = len(images)
                 img = Image.open(root / s["image"]).convert("RGB")
+                size = f"{img.size[0]}x{img.size[1]}"
+                self.sources[size] = self.sources.get(size, 0) + 1
                 if img.size != (vc.IMAGE_SIZE, vc.IMAGE_SIZE):
                     img = img.resize((vc.IMAGE_SIZE, vc.IMAGE_SIZE), Image.BILINEAR)
                 images.append(np.asarray(img, dtype=np.uint8))
@@ -150,11 +153,11 @@ def evaluate(model, data: PhantomSet, levels=LEVELS, batch: int = 64, limit: int
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train", nargs="+", default=["/work/scratch/phantoms/train"],
+    ap.add_argument("--train", nargs="+", default=[str(vc.CACHE_DIR / "phantoms/train")],
                     help="phantom folder(s); frames of another size are stretched to 128x128 like the runtime does")
-    ap.add_argument("--heldout", default="/work/scratch/phantoms/heldout", help="phantom folder (seed 999)")
+    ap.add_argument("--heldout", default=str(vc.CACHE_DIR / "phantoms/heldout"), help="phantom folder (seed 999)")
     ap.add_argument("--bpe-dir", default=str(vc.DEFAULT_BPE_DIR))
-    ap.add_argument("--out", default="/work/scratch/vlsm/ckpt.pt")
+    ap.add_argument("--out", default=str(vc.CACHE_DIR / "vlsm/ckpt.pt"))
     ap.add_argument("--epochs", type=float, default=12.0, help="upper bound; the time budget usually ends training first")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1.5e-3)
@@ -271,7 +274,9 @@ def main():
         f"ViT {cfg.vision_config.num_hidden_layers}x{cfg.vision_config.hidden_size} patch {cfg.vision_config.patch_size}, "
         f"text transformer {cfg.text_config.num_hidden_layers}x{cfg.text_config.hidden_size} on CLIP BPE ids, "
         f"FiLM decoder {cfg.reduce_dim}) trained from scratch on CPU on {images} procedural "
-        f"ultrasound and endoscopy phantoms (edgeseg phantoms, 128x128 and 4:3 frames stretched to it) "
+        f"ultrasound and endoscopy phantoms from `edgeseg phantoms` ("
+        + ", ".join(f"{n} at {size}" for size, n in train.sources.items())
+        + f", stretched to {vc.IMAGE_SIZE}x{vc.IMAGE_SIZE}) "
         f"for {prior_steps + step} steps of {args.batch} ({(prior_minutes + train_s / 60):.0f} min); "
         f"one structure per sample, prompt level P1..P9 drawn at random. Held-out Dice "
         f"(seed 999, {len(held.images)} images, every structure x P1..P9, mask = sigmoid > 0.5): "

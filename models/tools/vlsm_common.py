@@ -17,6 +17,8 @@ from PIL import Image
 
 TOOLS_DIR = Path(__file__).resolve().parent
 REPO_DIR = TOOLS_DIR.parent.parent
+# Phantom sets, checkpoints and intermediate graphs (ignored by git).
+CACHE_DIR = TOOLS_DIR / ".cache"
 DEFAULT_BPE_DIR = TOOLS_DIR / "clip-bpe"
 
 IMAGE_SIZE = 128  # width = height the image graph takes
