@@ -58,13 +58,14 @@ fn check(rel: &str, frames: usize, spacing: Option<(f64, f64)>, pixels: &[Px]) -
     loaded
 }
 
-fn dicom_kind(loaded: &LoadedInput) -> (&str, &str, u32) {
+fn dicom_kind(loaded: &LoadedInput) -> (&str, &str, u32, Option<f64>) {
     match &loaded.kind {
         InputKind::Dicom {
             transfer_syntax,
             photometric,
             frame_count,
-        } => (transfer_syntax, photometric, *frame_count),
+            frame_time_ms,
+        } => (transfer_syntax, photometric, *frame_count, *frame_time_ms),
         other => panic!("expected a DICOM kind, got {other:?}"),
     }
 }
@@ -98,7 +99,10 @@ fn rgb_pattern(tol: u8) -> Vec<Px> {
 #[test]
 fn monochrome2_8bit_implicit_le_is_the_identity() {
     let loaded = check("dicom/mono2_8bit.dcm", 1, None, &gray_pattern(EXACT));
-    assert_eq!(dicom_kind(&loaded), ("1.2.840.10008.1.2", "MONOCHROME2", 1));
+    assert_eq!(
+        dicom_kind(&loaded),
+        ("1.2.840.10008.1.2", "MONOCHROME2", 1, None)
+    );
 }
 
 #[test]
@@ -138,7 +142,7 @@ fn signed_16bit_without_window_maps_min_max() {
 fn rgb_interleaved_and_planar_agree() {
     for rel in ["dicom/rgb_8bit.dcm", "dicom/rgb_8bit_planar.dcm"] {
         let loaded = check(rel, 1, None, &rgb_pattern(EXACT));
-        assert_eq!(dicom_kind(&loaded), ("1.2.840.10008.1.2.1", "RGB", 1));
+        assert_eq!(dicom_kind(&loaded), ("1.2.840.10008.1.2.1", "RGB", 1, None));
     }
 }
 
@@ -166,6 +170,7 @@ fn multiframe_yields_every_frame_in_order() {
         ],
     );
     assert_eq!(dicom_kind(&loaded).2, 3);
+    assert_eq!(dicom_kind(&loaded).3, Some(33.3), "Frame Time (0018,1063)");
 }
 
 #[test]
@@ -197,7 +202,7 @@ fn jpeg_baseline_ybr_full_422_decodes_to_rgb_within_jpeg_tolerance() {
     );
     assert_eq!(
         dicom_kind(&loaded),
-        ("1.2.840.10008.1.2.4.50", "YBR_FULL_422", 1)
+        ("1.2.840.10008.1.2.4.50", "YBR_FULL_422", 1, None)
     );
 }
 

@@ -279,8 +279,18 @@ pub(crate) fn load(path: &Path, file: File, file_bytes: u64) -> Result<LoadedInp
             transfer_syntax: ts_uid,
             photometric: header.photometric.clone(),
             frame_count: header.frames,
+            frame_time_ms: frame_time_ms(&obj),
         },
     })
+}
+
+/// The cine frame interval in ms, from the first of Frame Time, Cine Rate and Recommended
+/// Display Frame Rate that holds a positive number.
+fn frame_time_ms(obj: &InMemDicomObject) -> Option<f64> {
+    let positive = |tag| first_float(obj, tag).filter(|v| *v > 0.0);
+    positive(tags::FRAME_TIME)
+        .or_else(|| positive(tags::CINE_RATE).map(|rate| 1000.0 / rate))
+        .or_else(|| positive(tags::RECOMMENDED_DISPLAY_FRAME_RATE).map(|rate| 1000.0 / rate))
 }
 
 /// Steps 1 and 2: scans and parses the file, refusing transfer syntaxes this build does not

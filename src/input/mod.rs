@@ -238,7 +238,7 @@ pub struct LoadedInput {
 }
 
 /// The kind of file frames came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum InputKind {
     /// A PNG, JPEG or BMP image (always one frame).
     Image,
@@ -250,6 +250,9 @@ pub enum InputKind {
         photometric: String,
         /// Number of frames in the file (equal to the number of frames loaded).
         frame_count: u32,
+        /// Time between frames of a cine loop in ms: Frame Time (0018,1063), else 1000 / Cine
+        /// Rate (0018,0040), else 1000 / Recommended Display Frame Rate (0008,2144).
+        frame_time_ms: Option<f64>,
     },
 }
 
