@@ -15,4 +15,5 @@ pub mod phantom;
 pub mod postprocess;
 pub mod preprocess;
 pub mod prompt;
+pub mod protocol;
 pub mod tokenizer;
