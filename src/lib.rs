@@ -1,19 +1,31 @@
 //! edgeseg: segment ultrasound and endoscopy frames with ONNX models run by tract.
 //!
-//! Modules follow the data flow: [`frame`] (types) → [`input`] (files and DICOM) and
-//! [`phantom`] (procedural frames) → [`model`] (packages, engine, families) → [`postprocess`]
-//! → [`output`]. [`prompt`] builds text prompts from attributes; [`dataset`] and [`eval`]
-//! measure a model on a folder of labelled frames.
+//! Modules follow the data flow: [`frame`] (types) → [`input`] (files and DICOM),
+//! [`source`] (live frame sources) and [`phantom`] (procedural frames) → [`roi`] (region of
+//! interest) → [`model`] (packages, engine, families) → [`postprocess`] and [`smoothing`] →
+//! [`sink`] outputs: [`display`], [`serial`] (over the wire format in [`protocol`]),
+//! [`recording`] and [`output`] files. [`live`] runs the live loop a [`profile`] describes.
+//! [`prompt`] builds text prompts from attributes; [`dataset`] and [`eval`] measure a model on a
+//! folder of labelled frames.
 
 pub mod dataset;
+pub mod display;
 pub mod eval;
 pub mod frame;
 pub mod input;
+pub mod live;
 pub mod model;
 pub mod output;
 pub mod phantom;
 pub mod postprocess;
 pub mod preprocess;
+pub mod profile;
 pub mod prompt;
 pub mod protocol;
+pub mod recording;
+pub mod roi;
+pub mod serial;
+pub mod sink;
+pub mod smoothing;
+pub mod source;
 pub mod tokenizer;

@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -13,8 +15,9 @@ use edgeseg::frame::Frame;
 use edgeseg::model::{Package, Precision, Vlsm, VlsmSession};
 use edgeseg::output::{self, FrameSummary, Summary};
 use edgeseg::postprocess;
+use edgeseg::profile::{self, Overrides, Profile};
 use edgeseg::prompt::{Attributes, PromptType};
-use edgeseg::{eval, input, phantom};
+use edgeseg::{eval, input, live, phantom, serial};
 
 #[derive(Parser)]
 #[command(
@@ -97,6 +100,19 @@ enum Command {
         #[arg(long)]
         scores: Option<PathBuf>,
     },
+    /// Segment a live stream as a device profile says: source → model → display, serial link,
+    /// files and telemetry, until the source ends, a limit is reached or Ctrl-C; then print the
+    /// summary (frames, fps, latency percentiles per stage and per sink).
+    Run(RunArgs),
+    /// Decode the serial wire format from a port and print one line per message.
+    Listen {
+        /// Serial port, e.g. /dev/ttyUSB0.
+        #[arg(long)]
+        port: PathBuf,
+        /// Line rate (8N1).
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+    },
     /// Write procedurally generated ultrasound and endoscopy phantoms with their masks.
     Phantoms {
         /// Output folder (created).
@@ -112,6 +128,45 @@ enum Command {
         #[arg(long, default_value = "256x256", value_parser = parse_size)]
         size: (u32, u32),
     },
+}
+
+/// `edgeseg run`: a profile and the settings that override it.
+#[derive(Args)]
+struct RunArgs {
+    /// Device profile (TOML); default firmware-config/demo.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Frame source: phantom, folder:DIR, dicom:FILE, raw:WxH:gray8|rgb24|yuyv (stdin) or
+    /// v4l2:DEVICE.
+    #[arg(long)]
+    source: Option<String>,
+    /// Model package folder.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Graph precision: f32, f16 or int8.
+    #[arg(long)]
+    precision: Option<Precision>,
+    /// Threads for the model's matrix products.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Text prompt.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Display: none, png:DIR, fbdev[:DEVICE] or drm[:DEVICE].
+    #[arg(long)]
+    display: Option<String>,
+    /// Serial link: none or PORT[@BAUD].
+    #[arg(long)]
+    serial: Option<String>,
+    /// Stop after this many processed frames (replaces the profile's [run]).
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Stop after this many seconds (replaces the profile's [run]).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Also write the summary as JSON here.
+    #[arg(long)]
+    summary: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -389,8 +444,81 @@ fn evaluate(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A flag set by SIGINT and SIGTERM.
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install the signal handler")?;
+    }
+    Ok(stop)
+}
+
+fn live(args: RunArgs) -> Result<ExitCode, Fatal> {
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(profile::DEMO));
+    let mut profile = Profile::load(&path)?;
+    profile.apply(&Overrides {
+        source: args.source,
+        model: args.model,
+        precision: args.precision,
+        threads: args.threads,
+        prompt: args.prompt,
+        display: args.display,
+        serial: args.serial,
+        frames: args.frames,
+        seconds: args.seconds,
+    })?;
+    let stop = stop_on_signals()?;
+    let setup = live::setup(&profile)?;
+    println!("profile    {}", path.display());
+    if !profile.description.is_empty() {
+        println!("           {}", profile.description);
+    }
+    println!(
+        "model      {} loaded in {:.0} ms, prompt \"{}\"",
+        setup.model,
+        setup.load.as_secs_f64() * 1e3,
+        profile.model.prompt
+    );
+    let report = live::run(setup.source, setup.stages, setup.sinks, setup.limits, stop);
+    let received = setup.loopback.map(|l| l.finish());
+    print!("{}", report.table());
+    if let Some(received) = received {
+        match received {
+            Ok(summary) => println!("loopback   received: {summary}"),
+            Err(e) => eprintln!("error: serial loopback receiver: {e}"),
+        }
+    }
+    let summary_paths = [
+        args.summary,
+        profile.telemetry.as_ref().and_then(|t| t.summary.clone()),
+    ];
+    for path in summary_paths.into_iter().flatten() {
+        let mut json = serde_json::to_vec_pretty(&report).context("summary")?;
+        json.push(b'\n');
+        std::fs::write(&path, json)
+            .with_context(|| format!("{}: cannot write the summary", path.display()))?;
+    }
+    Ok(if report.failed == 0 && report.source_errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn listen(port: &Path, baud: u32) -> Result<ExitCode, Fatal> {
+    let stop = stop_on_signals()?;
+    serial::listen_port(port, baud, std::io::stdout().lock(), &stop)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(cli: Cli) -> Result<ExitCode, Fatal> {
     match cli.command {
+        Command::Run(args) => live(args),
+        Command::Listen { port, baud } => listen(&port, baud),
         Command::Segment {
             inputs,
             model,

@@ -182,7 +182,7 @@ fn overlay(frame: &Frame, mask: &Mask, color: [u8; 3]) -> Result<Vec<u8>, Output
 }
 
 /// `base * 0.6 + color * 0.4`, rounded.
-fn blend(base: u8, color: u8) -> u8 {
+pub(crate) fn blend(base: u8, color: u8) -> u8 {
     let mixed = (u32::from(base) * (255 - FILL_ALPHA) + u32::from(color) * FILL_ALPHA + 127) / 255;
     // At most (255 * 255 + 127) / 255 = 255.
     mixed.min(255) as u8

@@ -2,10 +2,20 @@
 //! little-endian header and payload followed by a CRC-32, COBS-encoded and terminated by a zero
 //! byte, so a receiver can resynchronise at the next zero after any corruption. Pure functions
 //! with no I/O: the one implementation for whatever sends or receives on a link.
+//!
+//! A mask travels as row runs (encoding 1, exact) or as contour polygons (encoding 2, the outer
+//! boundary of each region, simplified to fit a byte budget: see [`contours`]) for links too slow
+//! to carry the runs at the frame rate.
+
+mod contour;
 
 use thiserror::Error;
 
 use crate::frame::Mask;
+
+pub use contour::{
+    contour_payload_len, contours, outlines, polygons_to_mask, simplify, Polygon, MAX_COUNT,
+};
 
 /// Wire format version carried in every header.
 pub const VERSION: u8 = 1;
@@ -19,6 +29,10 @@ pub const DELIMITER: u8 = 0;
 pub enum Payload {
     /// A mask as runs of set pixels per row.
     Rle(Vec<Vec<(u16, u16)>>),
+    /// A mask as closed polygons on the pixel-corner lattice, each filled by the even-odd rule
+    /// and the results joined ([`polygons_to_mask`]). [`encode`] writes at most [`MAX_COUNT`]
+    /// polygons of at most [`MAX_COUNT`] vertices each (the limits [`contours`] keeps to).
+    Contours(Vec<Polygon>),
     /// A heartbeat: the link is up, with counters of frames processed and dropped.
     Status { processed: u32, dropped: u32 },
 }
@@ -52,6 +66,11 @@ pub enum ProtocolError {
     PayloadLength { declared: usize, found: usize },
     #[error("RLE payload malformed at row {row}: {reason}")]
     Rle { row: usize, reason: &'static str },
+    #[error("contour payload malformed at polygon {polygon}: {reason}")]
+    Contour {
+        polygon: usize,
+        reason: &'static str,
+    },
 }
 
 /// Message types and payload encodings (header bytes 1 and 16).
@@ -59,6 +78,7 @@ const KIND_MASK: u8 = 1;
 const KIND_STATUS: u8 = 2;
 const ENCODING_NONE: u8 = 0;
 const ENCODING_RLE: u8 = 1;
+const ENCODING_CONTOUR: u8 = 2;
 
 // Frame sides are at most `MAX_SIDE`, so widths, heights and run bounds fit the u16 fields.
 const _: () = assert!(crate::frame::MAX_SIDE <= u16::MAX as u32);
@@ -119,6 +139,18 @@ pub fn rle_to_mask(
     })
 }
 
+/// Payload bytes of a row-run payload: per row a u16 count and four bytes per run.
+pub fn rle_payload_len(rows: &[Vec<(u16, u16)>]) -> usize {
+    rows.iter().map(|runs| 2 + 4 * runs.len()).sum()
+}
+
+/// The most bytes a message with a `payload_len`-byte payload takes on the wire: header, payload
+/// and CRC, plus COBS's one byte per 254 and its leading code byte, plus the delimiter.
+pub fn max_wire_len(payload_len: usize) -> usize {
+    let raw = HEADER_LEN + payload_len + 4;
+    raw + 1 + raw / 254 + 1
+}
+
 /// Encodes a message into one wire frame: COBS(header ‖ payload ‖ CRC-32) ‖ 0x00.
 pub fn encode(msg: &Message) -> Vec<u8> {
     let (kind, encoding, payload) = match &msg.payload {
@@ -132,6 +164,20 @@ pub fn encode(msg: &Message) -> Vec<u8> {
                 }
             }
             (KIND_MASK, ENCODING_RLE, p)
+        }
+        Payload::Contours(polygons) => {
+            let polygons = &polygons[..polygons.len().min(MAX_COUNT)];
+            let mut p = Vec::with_capacity(contour_payload_len(polygons));
+            p.extend_from_slice(&(polygons.len() as u16).to_le_bytes());
+            for polygon in polygons {
+                let vertices = &polygon[..polygon.len().min(MAX_COUNT)];
+                p.extend_from_slice(&(vertices.len() as u16).to_le_bytes());
+                for &(x, y) in vertices {
+                    p.extend_from_slice(&x.to_le_bytes());
+                    p.extend_from_slice(&y.to_le_bytes());
+                }
+            }
+            (KIND_MASK, ENCODING_CONTOUR, p)
         }
         Payload::Status { processed, dropped } => {
             let mut p = processed.to_le_bytes().to_vec();
@@ -189,6 +235,11 @@ pub fn decode(frame: &[u8]) -> Result<Message, ProtocolError> {
     }
     let payload = match (kind, encoding) {
         (KIND_MASK, ENCODING_RLE) => Payload::Rle(parse_rle(payload, height)?),
+        (KIND_MASK, ENCODING_CONTOUR) => {
+            let polygons = parse_contours(payload)?;
+            contour::check_polygons(u16_at(14), height, &polygons)?;
+            Payload::Contours(polygons)
+        }
         (KIND_STATUS, ENCODING_NONE) if payload.len() == 8 => Payload::Status {
             processed: u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]),
             dropped: u32::from_le_bytes([payload[4], payload[5], payload[6], payload[7]]),
@@ -231,6 +282,35 @@ fn parse_rle(mut p: &[u8], height: u16) -> Result<Vec<Vec<(u16, u16)>>, Protocol
         });
     }
     Ok(rows)
+}
+
+/// Parses `count u16, then per polygon: n u16, then n × (x u16, y u16)`.
+fn parse_contours(mut p: &[u8]) -> Result<Vec<Polygon>, ProtocolError> {
+    let mut take = |polygon: usize| -> Result<u16, ProtocolError> {
+        let (v, rest) = p.split_first_chunk::<2>().ok_or(ProtocolError::Contour {
+            polygon,
+            reason: "payload ends inside a polygon",
+        })?;
+        p = rest;
+        Ok(u16::from_le_bytes(*v))
+    };
+    let count = usize::from(take(0)?);
+    let mut polygons = Vec::with_capacity(count.min(1024));
+    for i in 0..count {
+        let n = take(i)?;
+        let mut vertices = Vec::with_capacity(usize::from(n).min(1024));
+        for _ in 0..n {
+            vertices.push((take(i)?, take(i)?));
+        }
+        polygons.push(vertices);
+    }
+    if !p.is_empty() {
+        return Err(ProtocolError::Contour {
+            polygon: count,
+            reason: "bytes left after the last polygon",
+        });
+    }
+    Ok(polygons)
 }
 
 /// CRC-32 (IEEE 802.3: reflected polynomial 0xEDB88320, initial value and final xor 0xFFFFFFFF),
@@ -389,6 +469,98 @@ mod tests {
         ]
         .to_vec();
         assert_eq!(encode(&msg), wire, "docs/serial-protocol.md");
+    }
+
+    #[test]
+    fn worked_contour_example_of_the_specification() {
+        let mask = Mask::from_ascii(
+            "
+            .##.
+            .##.
+            ....",
+        );
+        let polygons = contours(&mask, 1000);
+        assert_eq!(polygons, vec![vec![(1, 0), (3, 0), (3, 2), (1, 2)]]);
+        let msg = Message {
+            seq: 2,
+            capture_us: 2000,
+            width: 4,
+            height: 3,
+            flags: 0,
+            payload: Payload::Contours(polygons),
+        };
+        let wire: Vec<u8> = [
+            0x04, 0x01, 0x01, 0x02, 0x01, 0x01, 0x03, 0xd0, 0x07, 0x01, 0x01, 0x01, 0x01, 0x01,
+            0x02, 0x04, 0x02, 0x03, 0x02, 0x02, 0x02, 0x14, 0x01, 0x01, 0x02, 0x01, 0x02, 0x04,
+            0x02, 0x01, 0x01, 0x01, 0x02, 0x03, 0x01, 0x01, 0x02, 0x03, 0x02, 0x02, 0x02, 0x01,
+            0x02, 0x02, 0x05, 0x56, 0x5f, 0x8b, 0xee, 0x00,
+        ]
+        .to_vec();
+        assert_eq!(encode(&msg), wire, "docs/serial-protocol.md");
+        let back = decode(&wire[..wire.len() - 1]).unwrap();
+        assert_eq!(back, msg);
+        let Payload::Contours(polygons) = &back.payload else {
+            panic!("not contours")
+        };
+        assert_eq!(polygons_to_mask(4, 3, polygons).unwrap(), mask);
+    }
+
+    #[test]
+    fn contour_message_round_trips_and_bad_polygons_are_rejected() {
+        let mask = Mask::from_ascii(
+            "
+            ##....#
+            ##...##
+            .......",
+        );
+        let msg = Message {
+            payload: Payload::Contours(contours(&mask, 1000)),
+            ..mask_message(&mask)
+        };
+        let wire = encode(&msg);
+        assert_eq!(decode(&wire[..wire.len() - 1]).unwrap(), msg);
+        assert_eq!(contour_payload_len(&contours(&mask, 1000)), 2 + 18 + 26);
+        let bad = |payload| {
+            let wire = encode(&Message {
+                payload: Payload::Contours(payload),
+                ..mask_message(&mask)
+            });
+            decode(&wire[..wire.len() - 1])
+        };
+        assert!(matches!(
+            bad(vec![vec![(0, 0), (8, 0), (8, 1)]]),
+            Err(ProtocolError::Contour { polygon: 0, .. })
+        ));
+        assert!(matches!(
+            bad(vec![vec![(0, 0), (1, 0), (1, 1)], vec![(0, 0), (1, 0)]]),
+            Err(ProtocolError::Contour { polygon: 1, .. })
+        ));
+        // A payload cut short, with a valid CRC: the length check holds, the parse does not.
+        let mut raw = cobs_decode(&wire[..wire.len() - 1]).unwrap();
+        raw.truncate(raw.len() - 4);
+        raw.truncate(raw.len() - 2);
+        let declared = (raw.len() - HEADER_LEN) as u32;
+        raw[20..24].copy_from_slice(&declared.to_le_bytes());
+        let crc = crc32(&raw);
+        raw.extend_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            decode(&cobs_encode(&raw)),
+            Err(ProtocolError::Contour { .. })
+        ));
+    }
+
+    #[test]
+    fn wire_length_bound_holds() {
+        for side in [1u32, 3, 40, 200] {
+            let bits = (0..side * side).map(|i| i % 3 == 0).collect();
+            let mask = Mask::new(side, side, bits).unwrap();
+            let msg = mask_message(&mask);
+            let rows = rle_rows(&mask);
+            let bound = max_wire_len(rle_payload_len(&rows));
+            let wire = encode(&msg).len();
+            assert!(wire <= bound, "{side}: {wire} bytes, bound {bound}");
+        }
+        assert_eq!(max_wire_len(10), 40); // the worked example takes 38
     }
 
     #[test]

@@ -386,7 +386,7 @@ impl Dims {
 /// sizes taken from the data; sizes are validated before calling, and this is the last line of
 /// defence for what validation misses. The process-wide panic hook still reports the panic on
 /// stderr. This relies on unwinding: a build with `panic = "abort"` would abort instead.
-fn guard_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+pub(crate) fn guard_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         let what = payload
             .downcast_ref::<&str>()

@@ -17,7 +17,7 @@ use thiserror::Error;
 pub use engine::{Graph, Session};
 pub use manifest::{DType, Family, GraphSpec, Manifest, TensorSpec};
 pub use package::Package;
-pub use vlsm::{Vlsm, VlsmSession};
+pub use vlsm::{FrameResult, Vlsm, VlsmSession};
 
 /// Numeric precision a model runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

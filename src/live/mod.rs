@@ -1,0 +1,21 @@
+//! The live loop: frames from a [`crate::source::Source`] through the model to every
+//! [`crate::sink::Sink`], newest frame first, with every stage timed.
+//!
+//! - [`queue`]: the bounded, never-blocking hand-over queue (the mailbox is one of them).
+//! - [`stages`]: region of interest → model → smoothing → full-frame mask, for one frame.
+//! - [`pipeline`]: the threads and the accounting.
+//! - [`histogram`] and [`report`]: latency percentiles and the end-of-run summary.
+//! - [`setup`]: a device profile turned into a source, stages and sinks.
+
+pub mod histogram;
+pub mod pipeline;
+pub mod queue;
+pub mod report;
+pub mod setup;
+pub mod stages;
+
+pub use pipeline::{run, Limits, SinkSlot};
+pub use queue::{Overflow, Pop, Queue};
+pub use report::RunReport;
+pub use setup::{setup, Setup};
+pub use stages::{Segmenter, Stages, VlsmSegmenter};

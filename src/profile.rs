@@ -1,0 +1,266 @@
+//! Device profiles (`firmware-config/*.toml`): one file says what a deployment runs: its
+//! source, model, region of interest, smoothing, display, serial link, files and telemetry.
+//!
+//! Every table refuses unknown keys, so a typo is an error naming the key and the line rather
+//! than a setting silently ignored. Relative paths are taken from the current directory. Every
+//! key is documented in `firmware-config/README.md`. Command-line options override the profile
+//! through [`Overrides`].
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::display::DisplayConfig;
+use crate::model::Precision;
+use crate::recording::{FilesConfig, TelemetryConfig};
+use crate::roi::RoiConfig;
+use crate::serial::SerialConfig;
+use crate::smoothing::SmoothingConfig;
+use crate::source::SourceConfig;
+
+/// The demo profile `edgeseg run` uses when given none.
+pub const DEMO: &str = "firmware-config/demo.toml";
+
+/// A profile that cannot be used.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ProfileError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("{flag}: {message}")]
+    Override { flag: &'static str, message: String },
+}
+
+fn one() -> usize {
+    1
+}
+
+/// `[model]`: which package, precision, threads and prompt.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model package folder; the bundled default when absent.
+    pub path: Option<PathBuf>,
+    /// `f32`, `f16` or `int8`.
+    #[serde(default = "f32")]
+    pub precision: Precision,
+    /// Threads for the model's matrix products.
+    #[serde(default = "one")]
+    pub threads: usize,
+    /// The text prompt (VLSM models).
+    #[serde(default)]
+    pub prompt: String,
+}
+
+fn f32() -> Precision {
+    Precision::F32
+}
+
+/// `[run]`: when the run stops by itself (Ctrl-C always stops it).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Stop after this many processed frames.
+    pub frames: Option<u64>,
+    /// Stop after this many seconds.
+    pub seconds: Option<f64>,
+}
+
+/// One device profile.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// What the profile is for, shown at start.
+    #[serde(default)]
+    pub description: String,
+    pub source: SourceConfig,
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub roi: RoiConfig,
+    #[serde(default)]
+    pub smoothing: SmoothingConfig,
+    pub display: Option<DisplayConfig>,
+    pub serial: Option<SerialConfig>,
+    pub files: Option<FilesConfig>,
+    pub telemetry: Option<TelemetryConfig>,
+    #[serde(default)]
+    pub run: RunConfig,
+}
+
+impl Profile {
+    /// Reads and checks a profile file.
+    pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+        let text = fs::read_to_string(path).map_err(|source| ProfileError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Profile::parse(&text, path)
+    }
+
+    /// Parses and checks profile text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Profile, ProfileError> {
+        let profile: Profile = toml::from_str(text).map_err(|e| ProfileError::Parse {
+            path: path.to_path_buf(),
+            message: one_line_toml(&e, text),
+        })?;
+        let invalid = |message: String| ProfileError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if profile.model.threads == 0 {
+            return Err(invalid("model.threads must be at least 1".into()));
+        }
+        if let Some(s) = profile.run.seconds {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(invalid(format!(
+                    "run.seconds must be a positive number of seconds, not {s}"
+                )));
+            }
+        }
+        if profile.run.frames == Some(0) {
+            return Err(invalid("run.frames must be at least 1".into()));
+        }
+        Ok(profile)
+    }
+}
+
+/// toml's message spans several lines (a snippet with a caret); this keeps the reason and
+/// where it is on one line: "line 4 (in [source]): unknown field `fsp`, expected one of …".
+fn one_line_toml(e: &toml::de::Error, text: &str) -> String {
+    let reason = e.message().trim().replace('\n', " ");
+    let Some(span) = e.span() else {
+        return reason;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|t| format!(" (in {t})"))
+        .unwrap_or_default();
+    format!("line {line}{table}: {reason}")
+}
+
+/// Command-line settings that replace the profile's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `phantom`, `folder:DIR`, `dicom:FILE`, `raw:WxH:FORMAT` (stdin) or `v4l2:DEVICE`.
+    pub source: Option<String>,
+    pub model: Option<PathBuf>,
+    pub precision: Option<Precision>,
+    pub threads: Option<usize>,
+    pub prompt: Option<String>,
+    /// `none`, `png:DIR`, `fbdev[:DEVICE]` or `drm[:DEVICE]`.
+    pub display: Option<String>,
+    /// `none` or `PORT[@BAUD]`.
+    pub serial: Option<String>,
+    pub frames: Option<u64>,
+    pub seconds: Option<f64>,
+}
+
+impl Profile {
+    /// Applies command-line overrides; a malformed value names its flag.
+    pub fn apply(&mut self, o: &Overrides) -> Result<(), ProfileError> {
+        if let Some(spec) = &o.source {
+            self.source = SourceConfig::from_spec(spec).map_err(|e| ProfileError::Override {
+                flag: "--source",
+                message: e.to_string(),
+            })?;
+        }
+        if let Some(path) = &o.model {
+            self.model.path = Some(path.clone());
+        }
+        if let Some(p) = o.precision {
+            self.model.precision = p;
+        }
+        if let Some(t) = o.threads {
+            if t == 0 {
+                return Err(ProfileError::Override {
+                    flag: "--threads",
+                    message: "must be at least 1".into(),
+                });
+            }
+            self.model.threads = t;
+        }
+        if let Some(p) = &o.prompt {
+            self.model.prompt = p.clone();
+        }
+        if let Some(spec) = &o.display {
+            self.display = display_override(spec, self.display.take())?;
+        }
+        if let Some(spec) = &o.serial {
+            self.serial = serial_override(spec, self.serial.take())?;
+        }
+        if o.frames.is_some() || o.seconds.is_some() {
+            self.run = RunConfig {
+                frames: o.frames,
+                seconds: o.seconds,
+            };
+        }
+        Ok(())
+    }
+}
+
+fn display_override(
+    spec: &str,
+    current: Option<DisplayConfig>,
+) -> Result<Option<DisplayConfig>, ProfileError> {
+    let bad = |message: String| ProfileError::Override {
+        flag: "--display",
+        message,
+    };
+    if spec == "none" {
+        return Ok(None);
+    }
+    let (backend, path) = match spec.split_once(':') {
+        Some((b, p)) => (b, Some(PathBuf::from(p))),
+        None => (spec, None),
+    };
+    let table = format!("backend = {backend:?}");
+    let fresh: DisplayConfig = toml::from_str(&table).map_err(|_| {
+        bad(format!(
+            "`{spec}` is not none, png:DIR, fbdev[:DEVICE] or drm[:DEVICE]"
+        ))
+    })?;
+    let mut config = current.unwrap_or_else(|| fresh.clone());
+    config.backend = fresh.backend;
+    config.path = path;
+    Ok(Some(config))
+}
+
+fn serial_override(
+    spec: &str,
+    current: Option<SerialConfig>,
+) -> Result<Option<SerialConfig>, ProfileError> {
+    if spec == "none" {
+        return Ok(None);
+    }
+    let (port, baud) = match spec.rsplit_once('@') {
+        Some((port, baud)) => {
+            let baud = baud.parse().map_err(|_| ProfileError::Override {
+                flag: "--serial",
+                message: format!("`{baud}` in `{spec}` is not a baud rate (PORT@BAUD)"),
+            })?;
+            (port, Some(baud))
+        }
+        None => (spec, None),
+    };
+    let mut config = current.unwrap_or_else(|| SerialConfig::new(port));
+    config.port = PathBuf::from(port);
+    config.loopback_log = None;
+    if let Some(b) = baud {
+        config.baud = b;
+    }
+    Ok(Some(config))
+}
