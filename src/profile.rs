@@ -264,3 +264,155 @@ fn serial_override(
     }
     Ok(Some(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::display::Backend;
+
+    const MINIMAL: &str = "[source]\nkind = \"phantom\"\n\n[model]\nprompt = \"lesion\"\n";
+
+    fn parse(text: &str) -> Result<Profile, ProfileError> {
+        Profile::parse(text, Path::new("p.toml"))
+    }
+
+    #[test]
+    fn every_shipped_profile_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-config");
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let profile = Profile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!profile.description.is_empty(), "{}", path.display());
+                assert!(!profile.model.prompt.is_empty(), "{}", path.display());
+                names.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "demo.toml",
+                "endoscopy-tower.toml",
+                "jetson-orin-nano-pocus.toml",
+                "rpi5-cpu.toml"
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_fill_what_a_minimal_profile_leaves_out() {
+        let p = parse(MINIMAL).unwrap();
+        assert_eq!(p.model.precision, Precision::F32);
+        assert_eq!(p.model.threads, 1);
+        assert!(p.display.is_none() && p.serial.is_none() && p.telemetry.is_none());
+        assert_eq!(p.run, RunConfig::default());
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_line_and_table() {
+        let text = MINIMAL.replace("kind = \"phantom\"", "kind = \"phantom\"\nfsp = 30");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml: line 3 (in [source]): "), "{e}");
+        assert!(e.contains("unknown field `fsp`"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_problem() {
+        let e = parse(&format!("{MINIMAL}precision = \"f64\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 6 (in [model])") && e.contains("`f64`"),
+            "{e}"
+        );
+        let e = parse(&format!("{MINIMAL}threads = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.threads must be at least 1"), "{e}");
+        let e = parse(&format!("{MINIMAL}[run]\nseconds = -1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("run.seconds"), "{e}");
+        let e = parse("[model]\nprompt = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("missing field `source`"), "{e}");
+    }
+
+    #[test]
+    fn overrides_replace_only_what_they_name() {
+        let text = format!(
+            "{MINIMAL}[display]\nbackend = \"png\"\npath = \"a\"\nevery = 5\n\n\
+             [serial]\nport = \"x/tty\"\nloopback_log = \"x/log\"\nheartbeat_ms = 250\n"
+        );
+        let mut p = parse(&text).unwrap();
+        p.apply(&Overrides {
+            display: Some("png:b".into()),
+            serial: Some("/dev/ttyUSB1@9600".into()),
+            prompt: Some("polyp".into()),
+            frames: Some(3),
+            ..Overrides::default()
+        })
+        .unwrap();
+        let d = p.display.as_ref().unwrap();
+        assert_eq!(
+            (d.backend, d.path.as_deref(), d.every),
+            (Backend::Png, Some(Path::new("b")), 5)
+        );
+        let s = p.serial.as_ref().unwrap();
+        assert_eq!(s.port, Path::new("/dev/ttyUSB1"));
+        assert_eq!(
+            (s.baud, s.heartbeat_ms, s.loopback_log.is_none()),
+            (9600, 250, true)
+        );
+        assert_eq!(p.model.prompt, "polyp");
+        assert_eq!(p.run.frames, Some(3));
+
+        p.apply(&Overrides {
+            display: Some("none".into()),
+            serial: Some("none".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert!(p.display.is_none() && p.serial.is_none());
+    }
+
+    #[test]
+    fn bad_overrides_name_their_flag() {
+        let mut p = parse(MINIMAL).unwrap();
+        for (o, flag) in [
+            (
+                Overrides {
+                    display: Some("hdmi".into()),
+                    ..Overrides::default()
+                },
+                "--display",
+            ),
+            (
+                Overrides {
+                    serial: Some("/dev/ttyS0@fast".into()),
+                    ..Overrides::default()
+                },
+                "--serial",
+            ),
+            (
+                Overrides {
+                    source: Some("camera".into()),
+                    ..Overrides::default()
+                },
+                "--source",
+            ),
+            (
+                Overrides {
+                    threads: Some(0),
+                    ..Overrides::default()
+                },
+                "--threads",
+            ),
+        ] {
+            let e = p.apply(&o).unwrap_err().to_string();
+            assert!(e.starts_with(flag), "{e}");
+        }
+    }
+}

@@ -283,3 +283,112 @@ fn pixel_spacing_turns_area_into_square_millimetres() {
         );
     }
 }
+
+/// The demo profile with its output paths moved into `dir`.
+fn demo_profile(dir: &Path) -> PathBuf {
+    let text = fs::read_to_string(root().join("firmware-config/demo.toml"))
+        .unwrap()
+        .replace("out/demo", &dir.display().to_string());
+    let path = dir.join("demo.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn run_drives_the_demo_through_every_sink_and_prints_the_summary() {
+    let dir = scratch("run-demo");
+    let profile = demo_profile(&dir);
+    let out = edgeseg(&[
+        "run",
+        "--config",
+        profile.to_str().unwrap(),
+        "--frames",
+        "15",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    assert!(text.contains(" 15 processed"), "{text}");
+    for row in [
+        "inference",
+        "display end-to-end",
+        "serial overhead",
+        "telemetry emit",
+    ] {
+        assert!(text.contains(row), "no `{row}` row in {text}");
+    }
+    // The loopback receiver decoded every mask the serial sink sent, none rejected or lost.
+    let log = fs::read_to_string(dir.join("serial.log")).unwrap();
+    let masks = log.lines().filter(|l| l.starts_with("mask ")).count();
+    assert_eq!(masks, 15, "{log}");
+    let last = log.lines().last().unwrap();
+    assert!(last.contains("masks=15") && last.contains("rejected=0") && last.contains("lost=0"));
+    let lines = fs::read_to_string(dir.join("telemetry.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 15);
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["processed"], 15);
+    assert!(dir.join("display/display_000000.png").exists());
+}
+
+#[test]
+fn run_refuses_a_profile_with_an_unknown_key() {
+    let dir = scratch("run-bad-profile");
+    let profile = demo_profile(&dir);
+    let text = fs::read_to_string(&profile)
+        .unwrap()
+        .replace("fps = 30", "fsp = 30");
+    fs::write(&profile, text).unwrap();
+    let out = edgeseg(&["run", "--config", profile.to_str().unwrap()]);
+    check_failure(&out, 2, &["demo.toml", "[source]", "unknown field `fsp`"]);
+}
+
+#[test]
+fn run_refuses_a_missing_serial_port_at_start() {
+    let dir = scratch("run-no-port");
+    let profile = demo_profile(&dir);
+    let args = ["run", "--config", profile.to_str().unwrap()];
+    let out = edgeseg(&[&args[..], &["--serial", "/dev/ttyNOPE9", "--frames", "1"]].concat());
+    check_failure(&out, 2, &["/dev/ttyNOPE9"]);
+}
+
+#[test]
+fn listen_on_a_missing_port_is_one_error_line() {
+    let out = edgeseg(&["listen", "--port", "/dev/ttyNOPE9"]);
+    check_failure(&out, 2, &["/dev/ttyNOPE9", "cannot open"]);
+}
+
+#[test]
+fn sigint_stops_the_run_cleanly_with_the_summary() {
+    let dir = scratch("run-sigint");
+    let profile = demo_profile(&dir);
+    let child = Command::new(env!("CARGO_BIN_EXE_edgeseg"))
+        .args([
+            "run",
+            "--config",
+            profile.to_str().unwrap(),
+            "--seconds",
+            "60",
+        ])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until frames flow (the telemetry file has lines), then interrupt.
+    let start = std::time::Instant::now();
+    while fs::read_to_string(dir.join("telemetry.jsonl")).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(start.elapsed().as_secs() < 30, "no frames within 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: plain kill(2) on the child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    assert!(start.elapsed().as_secs() < 30);
+    assert!(text.contains("processed"), "{text}");
+    // The sinks were flushed: the receiver's summary closes the serial log.
+    let log = fs::read_to_string(dir.join("serial.log")).unwrap();
+    assert!(log.lines().last().unwrap().starts_with("summary:"), "{log}");
+    assert!(dir.join("summary.json").exists());
+}
