@@ -22,7 +22,7 @@ use std::ptr::NonNull;
 
 use super::canvas::Canvas;
 use super::pixel::PixelFormat;
-use super::sys::ioctl;
+use super::sys::{ioctl, open_device};
 use super::{DisplayError, Screen};
 
 /// `DRM_IOWR(nr, size)` with the `'d'` ioctl type (asm-generic encoding, as on x86 and arm).
@@ -463,14 +463,7 @@ impl Drm {
     /// Opens the card at `path`, sets up a dumb buffer at the preferred mode of the first
     /// connected connector and starts scanning it out (black until the first frame).
     pub fn open(path: &Path) -> Result<Drm, DisplayError> {
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|source| DisplayError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let file = open_device(path)?;
         let card = Card { file: &file, path };
         let route = card.route()?;
         let mut saved = Crtc {

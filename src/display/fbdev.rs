@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::canvas::Canvas;
 use super::pixel::{Channel, Layout, PixelFormat};
-use super::sys::ioctl;
+use super::sys::{ioctl, open_device};
 use super::{DisplayError, Screen};
 
 /// `FBIOGET_VSCREENINFO` from `linux/fb.h`.
@@ -154,14 +154,7 @@ pub struct Fbdev {
 impl Fbdev {
     /// Opens the framebuffer at `path` for writing and reads its format.
     pub fn open(path: &Path) -> Result<Fbdev, DisplayError> {
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|source| DisplayError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let file = open_device(path)?;
         let mut var = FbVarScreeninfo::default();
         ioctl(
             &file,

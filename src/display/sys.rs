@@ -1,5 +1,6 @@
-//! The one `ioctl` call both device back ends make, with `EINTR`/`EAGAIN` retried and
-//! failures turned into [`DisplayError::Ioctl`] naming the device and the request.
+//! What both device back ends share: opening the device node read-write, and the one `ioctl`
+//! call they make, with `EINTR`/`EAGAIN` retried and failures turned into
+//! [`DisplayError::Ioctl`] naming the device and the request.
 
 use std::fs::File;
 use std::io;
@@ -7,6 +8,18 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use super::DisplayError;
+
+/// Opens the device node at `path` for reading and writing.
+pub(crate) fn open_device(path: &Path) -> Result<File, DisplayError> {
+    File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|source| DisplayError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
 
 /// Runs `ioctl(file, request, arg)`. `T` must be the `#[repr(C)]` struct the request's
 /// kernel definition names (the request number encodes its size for the DRM requests; the
