@@ -496,10 +496,10 @@ fn live(args: RunArgs) -> Result<ExitCode, Fatal> {
         args.summary,
         profile.telemetry.as_ref().and_then(|t| t.summary.clone()),
     ];
+    let mut json = serde_json::to_vec_pretty(&report).context("summary")?;
+    json.push(b'\n');
     for path in summary_paths.into_iter().flatten() {
-        let mut json = serde_json::to_vec_pretty(&report).context("summary")?;
-        json.push(b'\n');
-        std::fs::write(&path, json)
+        std::fs::write(&path, &json)
             .with_context(|| format!("{}: cannot write the summary", path.display()))?;
     }
     Ok(if report.failed == 0 && report.source_errors == 0 {

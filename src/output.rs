@@ -164,21 +164,41 @@ fn overlay(frame: &Frame, mask: &Mask, color: [u8; 3]) -> Result<Vec<u8>, Output
             if !inside(x, y) {
                 continue;
             }
-            let contour = x == 0
-                || y == 0
-                || x + 1 == w
-                || y + 1 == h
-                || !inside(x - 1, y)
-                || !inside(x + 1, y)
-                || !inside(x, y - 1)
-                || !inside(x, y + 1);
-            let px = &mut rgb[(y * w + x) * 3..(y * w + x) * 3 + 3];
-            for (v, &c) in px.iter_mut().zip(&color) {
-                *v = if contour { c } else { blend(*v, c) };
-            }
+            let contour = on_contour(inside, x, y, w, h);
+            paint(
+                &mut rgb[(y * w + x) * 3..(y * w + x) * 3 + 3],
+                color,
+                contour,
+            );
         }
     }
     Ok(rgb)
+}
+
+/// Whether mask pixel (x, y) of a `w × h` mask lies on its contour: a 4-neighbour is outside
+/// the mask, the border counting as outside.
+pub(crate) fn on_contour(
+    inside: impl Fn(usize, usize) -> bool,
+    x: usize,
+    y: usize,
+    w: usize,
+    h: usize,
+) -> bool {
+    x == 0
+        || y == 0
+        || x + 1 == w
+        || y + 1 == h
+        || !inside(x - 1, y)
+        || !inside(x + 1, y)
+        || !inside(x, y - 1)
+        || !inside(x, y + 1)
+}
+
+/// Paints one mask pixel in `color`: opaque on the contour, blended at 40 % inside.
+pub(crate) fn paint(px: &mut [u8], color: [u8; 3], contour: bool) {
+    for (v, &c) in px.iter_mut().zip(&color) {
+        *v = if contour { c } else { blend(*v, c) };
+    }
 }
 
 /// `base * 0.6 + color * 0.4`, rounded.
@@ -495,5 +515,13 @@ mod tests {
             assert!(f[key].is_null(), "{key}: {f}");
         }
         assert_eq!(f["area_px"], 0);
+    }
+
+    #[test]
+    fn blend_matches_forty_percent() {
+        assert_eq!(blend(0, 255), 102);
+        assert_eq!(blend(255, 0), 153);
+        assert_eq!(blend(200, 200), 200);
+        assert_eq!(blend(100, 0), 60);
     }
 }

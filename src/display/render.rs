@@ -21,7 +21,7 @@ use embedded_graphics::Drawable;
 use super::canvas::Canvas;
 use super::DisplayError;
 use crate::frame::{Frame, Mask};
-use crate::output::blend;
+use crate::output::{on_contour, paint};
 
 /// Canvases with at least this many rows get the large font.
 const LARGE_FONT_ROWS: u32 = 480;
@@ -186,17 +186,7 @@ fn draw_image(canvas: &mut Canvas, frame: &Frame, mask: &Mask, color: [u8; 3]) {
             if !at(x, y) {
                 continue;
             }
-            let contour = x == 0
-                || y == 0
-                || x + 1 == w
-                || y + 1 == h
-                || !at(x - 1, y)
-                || !at(x + 1, y)
-                || !at(x, y - 1)
-                || !at(x, y + 1);
-            for (v, &c) in px.iter_mut().zip(&color) {
-                *v = if contour { c } else { blend(*v, c) };
-            }
+            paint(px, color, on_contour(at, x, y, w, h));
         }
     }
 }
@@ -233,6 +223,7 @@ fn draw_text(canvas: &mut Canvas, scene: &Scene<'_>, style: &Style) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::blend;
     use embedded_graphics::prelude::{Dimensions, PointsIter};
 
     const RED: [u8; 3] = [255, 0, 0];
@@ -266,14 +257,6 @@ mod tests {
     /// Rows covered by the text in the small font: the label's and the status line's cells.
     fn in_text_rows(y: u32, height: u32) -> bool {
         y < 2 + 10 || y >= height - 2 - 10
-    }
-
-    #[test]
-    fn blend_matches_forty_percent() {
-        assert_eq!(blend(0, 255), 102);
-        assert_eq!(blend(255, 0), 153);
-        assert_eq!(blend(200, 200), 200);
-        assert_eq!(blend(100, 0), 60);
     }
 
     #[test]

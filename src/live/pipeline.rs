@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
 use crate::sink::{Counters, Emitted, Sink, Timestamps};
+use crate::source::pacing::sleep_until;
 use crate::source::Source;
 
 use super::histogram::Histogram;
@@ -102,18 +103,6 @@ struct Stats {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Sleeps up to `total`, in slices, returning early once `stop` is set.
-fn sleep_unless(stop: &AtomicBool, total: Duration) {
-    let until = Instant::now() + total;
-    while !stop.load(Ordering::SeqCst) {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        thread::sleep(left.min(Duration::from_millis(20)));
-    }
 }
 
 /// Runs the loop until the source ends, a limit is reached or `stop` is set (Ctrl-C), then
@@ -243,7 +232,10 @@ pub fn run(
                                 lock(stats).last_source_error = Some(e.to_string());
                                 if consecutive_errors > 0 {
                                     let backoff = 50u64 << (consecutive_errors - 1).min(6);
-                                    sleep_unless(stop, Duration::from_millis(backoff.min(2000)));
+                                    sleep_until(
+                                        Instant::now() + Duration::from_millis(backoff.min(2000)),
+                                        stop,
+                                    );
                                 }
                                 consecutive_errors += 1;
                             }
