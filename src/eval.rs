@@ -1,5 +1,10 @@
 //! Model quality on a labelled folder (see [`crate::dataset`]): Dice and IoU of the predicted
-//! mask against the reference mask, per sample, grouped by class.
+//! mask against the reference mask, per sample, grouped by class, for every 2D family:
+//! - vlsm: the sample's prompt (see [`sample_prompt`]);
+//! - sam: one foreground click at the most interior pixel of the reference mask (the pixel
+//!   farthest from its boundary, as interactive-segmentation benchmarks place a first click);
+//! - conditioned: the sample's class as the task and its modality as the modality;
+//! - plain: the pixels labelled with the sample's class (multi-class models), or the mask.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,7 +14,7 @@ use thiserror::Error;
 use crate::dataset::{self, DatasetError, Sample};
 use crate::frame::Mask;
 use crate::input::{self, InputError};
-use crate::model::{ModelError, VlsmSession};
+use crate::model::{Click, Family, FrameModel, ModelError, Package, Precision, Request, SamPrompt};
 use crate::postprocess::{dice, iou};
 use crate::prompt::{PromptError, PromptType};
 
@@ -26,6 +31,8 @@ pub enum EvalError {
     Prompt { image: String, source: PromptError },
     #[error("{image}: sample has neither `prompt` nor `attributes`")]
     NoPrompt { image: String },
+    #[error("{image}: {what}")]
+    Sample { image: String, what: String },
     #[error("{mask}: mask is {found_w}x{found_h}, image is {want_w}x{want_h}")]
     MaskSize {
         mask: String,
@@ -90,24 +97,28 @@ pub fn read_mask(path: &Path) -> Result<Mask, EvalError> {
     Ok(Mask::new(frame.width(), frame.height(), bits).expect("frame dimensions are valid"))
 }
 
-/// Scores every sample of `dir` with `session`.
+/// How to run the model over the samples.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub precision: Precision,
+    pub threads: usize,
+    /// vlsm: build every prompt from the samples' attributes at this level.
+    pub prompt_type: Option<PromptType>,
+    /// vlsm: the task adapter of an adapted package.
+    pub adapter: Option<String>,
+}
+
+/// Scores every sample of `dir` with the model in `package`.
 pub fn evaluate(
-    session: &mut VlsmSession,
+    package: &Package,
     dir: &Path,
-    prompt_type: Option<PromptType>,
+    options: &Options,
 ) -> Result<Vec<SampleScore>, EvalError> {
-    let default_type = session
-        .model()
-        .package()
-        .manifest()
-        .prompt
-        .as_ref()
-        .map(|p| p.default)
-        .expect("vlsm manifests have a [prompt] table");
+    let manifest = package.manifest();
     let samples = dataset::read_samples(dir)?;
+    let mut model: Option<FrameModel> = None;
     let mut scores = Vec::with_capacity(samples.len());
     for sample in &samples {
-        let prompt = sample_prompt(sample, prompt_type, default_type)?;
         let frame = input::load(&dir.join(&sample.image))?.frames.remove(0);
         let truth = read_mask(&dir.join(&sample.mask))?;
         if (truth.width(), truth.height()) != (frame.width(), frame.height()) {
@@ -119,23 +130,155 @@ pub fn evaluate(
                 want_h: frame.height(),
             });
         }
-        let allow_empty = prompt_type.is_some_and(|t| t.level() == 0);
-        session.set_prompt(&prompt, allow_empty)?;
-        let predicted = session.segment(&frame)?.segmentation.mask;
         let class = sample
             .attributes
             .as_ref()
             .and_then(|a| a.class.clone())
             .unwrap_or_else(|| "-".into());
+        let bad = |what: String| EvalError::Sample {
+            image: sample.image.clone(),
+            what,
+        };
+        let mut request = Request::default();
+        let described = match manifest.family {
+            Family::Vlsm => {
+                let default_type = manifest
+                    .prompt
+                    .as_ref()
+                    .map(|p| p.default)
+                    .expect("vlsm manifests have a [prompt] table");
+                let prompt = sample_prompt(sample, options.prompt_type, default_type)?;
+                request.allow_empty = options.prompt_type.is_some_and(|t| t.level() == 0);
+                request.adapter = options.adapter.clone();
+                request.prompt = Some(prompt.clone());
+                prompt
+            }
+            Family::Sam => {
+                let (x, y) = interior_point(&truth)
+                    .ok_or_else(|| bad("the reference mask is empty: nowhere to click".into()))?;
+                let (x, y) = (f64::from(x), f64::from(y));
+                request.sam = SamPrompt {
+                    clicks: vec![Click {
+                        x,
+                        y,
+                        positive: true,
+                    }],
+                    bbox: None,
+                };
+                format!("click ({x}, {y})")
+            }
+            Family::Conditioned => {
+                let modality = sample
+                    .modality
+                    .clone()
+                    .ok_or_else(|| bad("sample has no `modality`".into()))?;
+                request.task = Some(class.clone());
+                request.modality = Some(modality.clone());
+                format!("{class} ({modality})")
+            }
+            Family::Plain | Family::Sam3d => class.clone(),
+        };
+        let model = match &mut model {
+            Some(m) => {
+                m.apply(&request)?;
+                m
+            }
+            None => model.insert(FrameModel::open(
+                package.clone(),
+                options.precision,
+                options.threads,
+                &request,
+            )?),
+        };
+        let segmented = model.segment(&frame)?;
+        let best = segmented.best();
+        let predicted = match &best.labels {
+            Some(labels) => {
+                let names = &manifest.output.labels;
+                let k = names.iter().position(|n| *n == class).ok_or_else(|| {
+                    bad(format!(
+                        "class `{class}` is not one of the model's labels {names:?}"
+                    ))
+                })?;
+                let bits = labels.iter().map(|&l| usize::from(l) == k).collect();
+                Mask::new(frame.width(), frame.height(), bits).expect("frame dimensions are valid")
+            }
+            None => best.segmentation.mask.clone(),
+        };
         scores.push(SampleScore {
             image: sample.image.clone(),
             class,
-            prompt,
+            prompt: described,
             dice: dice(&predicted, &truth).expect("sizes checked above"),
             iou: iou(&predicted, &truth).expect("sizes checked above"),
         });
     }
     Ok(scores)
+}
+
+/// The mask pixel farthest from the mask's boundary (city-block/diagonal chamfer distance to
+/// the nearest pixel outside the mask or outside the image); the first in raster order on
+/// ties. `None` for an empty mask.
+pub fn interior_point(mask: &Mask) -> Option<(u32, u32)> {
+    let (w, h) = (mask.width() as usize, mask.height() as usize);
+    let inf = u32::MAX / 2;
+    let mut d: Vec<u32> = mask
+        .bits()
+        .iter()
+        .map(|&b| if b { inf } else { 0 })
+        .collect();
+    // Distance from outside the image: pixels on the border are 1 step (3) from it.
+    let at = |x: usize, y: usize| y * w + x;
+    for y in 0..h {
+        for x in 0..w {
+            if d[at(x, y)] == 0 {
+                continue;
+            }
+            let mut v = d[at(x, y)];
+            if x == 0 || y == 0 {
+                v = v.min(3);
+            }
+            if x > 0 {
+                v = v.min(d[at(x - 1, y)] + 3);
+            }
+            if y > 0 {
+                v = v.min(d[at(x, y - 1)] + 3);
+                if x > 0 {
+                    v = v.min(d[at(x - 1, y - 1)] + 4);
+                }
+                if x + 1 < w {
+                    v = v.min(d[at(x + 1, y - 1)] + 4);
+                }
+            }
+            d[at(x, y)] = v;
+        }
+    }
+    for y in (0..h).rev() {
+        for x in (0..w).rev() {
+            if d[at(x, y)] == 0 {
+                continue;
+            }
+            let mut v = d[at(x, y)];
+            if x + 1 == w || y + 1 == h {
+                v = v.min(3);
+            }
+            if x + 1 < w {
+                v = v.min(d[at(x + 1, y)] + 3);
+            }
+            if y + 1 < h {
+                v = v.min(d[at(x, y + 1)] + 3);
+                if x + 1 < w {
+                    v = v.min(d[at(x + 1, y + 1)] + 4);
+                }
+                if x > 0 {
+                    v = v.min(d[at(x - 1, y + 1)] + 4);
+                }
+            }
+            d[at(x, y)] = v;
+        }
+    }
+    let (i, &best) = d.iter().enumerate().rev().max_by_key(|(_, &v)| v)?;
+    (best > 0).then(|| ((i % w) as u32, (i / w) as u32))
 }
 
 /// Means per class, then over all samples (group `all`).
@@ -171,6 +314,24 @@ mod tests {
             dice,
             iou: dice / 2.0,
         }
+    }
+
+    #[test]
+    fn interior_point_is_the_centre_of_a_block_and_none_for_empty() {
+        let mut bits = vec![false; 9 * 7];
+        for y in 1..6 {
+            for x in 2..7 {
+                bits[y * 9 + x] = true;
+            }
+        }
+        let mask = Mask::new(9, 7, bits).unwrap();
+        assert_eq!(interior_point(&mask), Some((4, 3)));
+        let full = Mask::new(5, 5, vec![true; 25]).unwrap();
+        assert_eq!(interior_point(&full), Some((2, 2)));
+        assert_eq!(
+            interior_point(&Mask::new(3, 3, vec![false; 9]).unwrap()),
+            None
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use edgeseg::frame::Frame;
-use edgeseg::model::{Package, Precision, Vlsm, VlsmSession};
+use edgeseg::model::{Click, FrameModel, Package, Precision, Request, Sam, SamPrompt};
 use edgeseg::output::{self, FrameSummary, Summary};
 use edgeseg::postprocess;
 use edgeseg::profile::{self, Overrides, Profile};
@@ -47,10 +47,11 @@ struct ModelArgs {
     threads: usize,
 }
 
-/// What to segment: a typed prompt, or attributes built into a prompt.
+/// What to segment, per model family: a text prompt or attributes and an adapter (vlsm),
+/// clicks and a box (sam), a task and modality (conditioned); plain models take nothing.
 #[derive(Args)]
 struct PromptArgs {
-    /// Text prompt, e.g. "round hypoechoic lesion".
+    /// Text prompt, e.g. "round hypoechoic lesion" (vlsm).
     #[arg(long, conflicts_with = "attributes")]
     prompt: Option<String>,
     /// Attributes, e.g. class=polyp,shape=round,color=pink,size=small,count=one,location="left of the image".
@@ -59,6 +60,25 @@ struct PromptArgs {
     /// Prompt level P0..P9 built from --attributes (default: the model's).
     #[arg(long, requires = "attributes")]
     prompt_type: Option<PromptType>,
+    /// Task adapter of an adapted vlsm package (default: its first).
+    #[arg(long)]
+    adapter: Option<String>,
+    /// A click X,Y in image pixels, optionally ,1 (foreground, the default) or ,0 (background);
+    /// repeat for several (sam).
+    #[arg(long = "point", value_parser = parse_click)]
+    points: Vec<Click>,
+    /// A box X0,Y0,X1,Y1 in image pixels (sam).
+    #[arg(long = "box", value_parser = parse_box)]
+    bbox: Option<[f64; 4]>,
+    /// Write all of SAM's masks, not only the chosen one (sam).
+    #[arg(long)]
+    all_masks: bool,
+    /// Task name, e.g. lesion (conditioned).
+    #[arg(long)]
+    task: Option<String>,
+    /// Modality name, e.g. US (conditioned).
+    #[arg(long)]
+    modality: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -75,6 +95,10 @@ enum Command {
         /// Output folder (created).
         #[arg(long, default_value = "out")]
         out: PathBuf,
+        /// SAM: encode the first input once, then read prompts from stdin, one per line
+        /// (`X,Y[,L] ... [box X0,Y0,X1,Y1]`), and decode each (prints the decoder-only cost).
+        #[arg(long)]
+        interactive: bool,
     },
     /// List model packages, or verify them.
     Models {
@@ -86,10 +110,15 @@ enum Command {
         #[arg(long)]
         attributes: Attributes,
     },
-    /// Dice and IoU of a model over a labelled folder (samples.jsonl + images + masks).
+    /// Dice and IoU of a model over a labelled folder (samples.jsonl + images + masks). SAM
+    /// models get one click at the most interior pixel of each reference mask; conditioned
+    /// models the sample's class as task and its modality.
     Eval {
         #[command(flatten)]
         model: ModelArgs,
+        /// Task adapter (adapted vlsm packages).
+        #[arg(long)]
+        adapter: Option<String>,
         /// Dataset folder.
         #[arg(long)]
         data: PathBuf,
@@ -152,6 +181,18 @@ struct RunArgs {
     /// Text prompt.
     #[arg(long)]
     prompt: Option<String>,
+    /// Task adapter to start with (adapted vlsm packages).
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Read `adapter NAME` lines during the run from `stdin` or a file (followed as it grows).
+    #[arg(long)]
+    control: Option<String>,
+    /// Task name (conditioned models).
+    #[arg(long)]
+    task: Option<String>,
+    /// Modality name (conditioned models).
+    #[arg(long)]
+    modality: Option<String>,
     /// Display: none, png:DIR, fbdev[:DEVICE] or drm[:DEVICE].
     #[arg(long)]
     display: Option<String>,
@@ -175,6 +216,58 @@ enum ModelsAction {
     List { root: Option<PathBuf> },
     /// Check hashes and graph contracts of one package, or of every package under a folder.
     Verify { dir: Option<PathBuf> },
+}
+
+/// `X,Y` or `X,Y,1|0`.
+fn parse_click(s: &str) -> Result<Click, String> {
+    let v = numbers(s)?;
+    match v[..] {
+        [x, y] => Ok(Click {
+            x,
+            y,
+            positive: true,
+        }),
+        [x, y, l] if l == 1.0 || l == 0.0 => Ok(Click {
+            x,
+            y,
+            positive: l == 1.0,
+        }),
+        _ => Err(format!("point `{s}` is not X,Y or X,Y,1|0")),
+    }
+}
+
+/// `X0,Y0,X1,Y1`.
+fn parse_box(s: &str) -> Result<[f64; 4], String> {
+    numbers(s)?
+        .try_into()
+        .map_err(|_| format!("box `{s}` is not X0,Y0,X1,Y1"))
+}
+
+fn numbers(s: &str) -> Result<Vec<f64>, String> {
+    s.split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| format!("`{v}` in `{s}` is not a number"))
+        })
+        .collect()
+}
+
+/// One interactive prompt line: clicks `X,Y[,L]` and an optional `box X0,Y0,X1,Y1`.
+fn parse_prompt_line(line: &str) -> Result<SamPrompt, String> {
+    let mut prompt = SamPrompt::default();
+    let mut words = line.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "box" {
+            let b = words.next().ok_or("`box` needs X0,Y0,X1,Y1")?;
+            prompt.bbox = Some(parse_box(b)?);
+        } else {
+            prompt.clicks.push(parse_click(word)?);
+        }
+    }
+    Ok(prompt)
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
@@ -205,100 +298,128 @@ impl<E: Into<anyhow::Error>> From<E> for Fatal {
     }
 }
 
-fn load_vlsm(args: &ModelArgs) -> anyhow::Result<Vlsm> {
+fn open_package(args: &ModelArgs) -> anyhow::Result<Package> {
     let dir = args.model.clone().unwrap_or_else(Package::default_dir);
-    let package = Package::open(&dir)?;
+    Ok(Package::open(&dir)?)
+}
+
+fn open_model(args: &ModelArgs, request: &Request) -> anyhow::Result<FrameModel> {
+    let package = open_package(args)?;
     let start = Instant::now();
-    let model = Vlsm::load(package, args.precision, args.threads.max(1))?;
+    let model = FrameModel::open(package, args.precision, args.threads.max(1), request)?;
     log::info!(
         "loaded {} ({}) in {:.0} ms",
-        dir.display(),
+        model.package().dir().display(),
         args.precision,
         start.elapsed().as_secs_f64() * 1e3
     );
     Ok(model)
 }
 
-/// The prompt text and whether an empty one was asked for on purpose (P0).
-fn resolve_prompt(args: &PromptArgs, model: &Vlsm) -> anyhow::Result<(String, bool)> {
-    match (&args.prompt, &args.attributes) {
-        (Some(p), _) => Ok((p.clone(), false)),
+/// The request the arguments make for `package`'s family.
+fn request(args: &PromptArgs, package: &Package) -> anyhow::Result<Request> {
+    let (prompt, allow_empty) = match (&args.prompt, &args.attributes) {
+        (Some(p), _) => (Some(p.clone()), false),
         (None, Some(a)) => {
-            let default = model
-                .package()
-                .manifest()
-                .prompt
-                .as_ref()
-                .map(|p| p.default);
+            let default = package.manifest().prompt.as_ref().map(|p| p.default);
             let kind = args
                 .prompt_type
                 .or(default)
                 .context("model has no default prompt type")?;
-            Ok((a.prompt(kind)?, kind.level() == 0))
+            (Some(a.prompt(kind)?), kind.level() == 0)
         }
-        (None, None) => Ok((String::new(), false)),
-    }
+        (None, None) => (None, false),
+    };
+    Ok(Request {
+        prompt,
+        allow_empty,
+        adapter: args.adapter.clone(),
+        sam: SamPrompt {
+            clicks: args.points.clone(),
+            bbox: args.bbox,
+        },
+        all_masks: args.all_masks,
+        task: args.task.clone(),
+        modality: args.modality.clone(),
+    })
 }
 
 /// Segments every frame of one input file and writes its outputs.
-fn segment_file(
-    session: &mut VlsmSession,
-    path: &Path,
-    out: &Path,
-    text_ms: f64,
-    prompt: &str,
-) -> anyhow::Result<usize> {
+fn segment_file(model: &mut FrameModel, path: &Path, out: &Path) -> anyhow::Result<usize> {
     let t0 = Instant::now();
     let loaded = input::load(path)?;
     let decode = t0.elapsed().as_secs_f64() * 1e3 / loaded.frames.len() as f64;
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "input".into());
+    let stem = file_stem(path);
     let multi = loaded.frames.len() > 1;
     let mut frames = Vec::with_capacity(loaded.frames.len());
     for (i, frame) in loaded.frames.iter().enumerate() {
         let index = multi.then_some(i);
-        frames.push(segment_frame(
-            session,
-            frame,
-            out,
-            &stem,
-            index,
-            decode,
-            if i == 0 { text_ms } else { 0.0 },
-        )?);
+        frames.push(segment_frame(model, frame, out, &stem, index, decode)?);
     }
-    let model = session.model();
     let summary = Summary {
         input: path.display().to_string(),
         model: model.package().name().to_string(),
         precision: model.precision().to_string(),
-        prompt: Some(prompt.to_string()),
+        prompt: Some(model.label().to_string()),
         frames,
     };
     output::write_summary(&out.join(format!("{stem}.json")), &summary)?;
     Ok(loaded.frames.len())
 }
 
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "input".into())
+}
+
 fn segment_frame(
-    session: &mut VlsmSession,
+    model: &mut FrameModel,
     frame: &Frame,
     out: &Path,
     stem: &str,
     index: Option<usize>,
     decode_ms: f64,
-    text_ms: f64,
 ) -> anyhow::Result<FrameSummary> {
-    let result = session.segment(frame)?;
+    let segmented = model.segment(frame)?;
+    let result = segmented.best();
     let mut timings = result.timings;
     timings.decode = decode_ms;
-    timings.text = text_ms;
     let mask = &result.segmentation.mask;
     let mask_name = output::output_name(stem, index, "mask");
     let overlay_name = output::output_name(stem, index, "overlay");
     output::write_mask_png(&out.join(&mask_name), mask)?;
     output::write_overlay_png(&out.join(&overlay_name), frame, mask, [255, 200, 0])?;
+    let (mut label_map, mut class_areas) = (None, None);
+    if let Some(labels) = &result.labels {
+        let name = output::output_name(stem, index, "labels");
+        output::write_label_png(&out.join(&name), frame.width(), frame.height(), labels)?;
+        let names = &model.package().manifest().output.labels;
+        let mut areas = std::collections::BTreeMap::new();
+        for &l in labels {
+            let class = names
+                .get(usize::from(l))
+                .cloned()
+                .unwrap_or_else(|| l.to_string());
+            *areas.entry(class).or_insert(0usize) += 1;
+        }
+        (label_map, class_areas) = (Some(name), Some(areas));
+    }
+    let all_masks = (segmented.results.len() > 1)
+        .then(|| {
+            segmented
+                .results
+                .iter()
+                .enumerate()
+                .map(|(k, r)| {
+                    let name = output::output_name(stem, index, &format!("mask{k}"));
+                    output::write_mask_png(&out.join(&name), &r.segmentation.mask)?;
+                    Ok(name)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .transpose()?;
+    let sam = !segmented.scores.is_empty();
     Ok(FrameSummary {
         frame: index.unwrap_or(0),
         width: frame.width(),
@@ -306,33 +427,98 @@ fn segment_frame(
         measures: postprocess::measure(&result.segmentation, frame.spacing()),
         mask: mask_name,
         overlay: overlay_name,
+        label_map,
+        class_areas,
+        iou_predictions: sam.then(|| segmented.scores.clone()),
+        chosen: sam.then_some(segmented.chosen),
+        all_masks,
         timings_ms: timings,
     })
 }
 
 fn segment(
     inputs: &[PathBuf],
-    model: &ModelArgs,
+    model_args: &ModelArgs,
     prompt: &PromptArgs,
     out: &Path,
+    interactive: bool,
 ) -> Result<ExitCode, Fatal> {
-    let vlsm = load_vlsm(model)?;
-    let (text, allow_empty) = resolve_prompt(prompt, &vlsm)?;
-    let mut session = vlsm.session()?;
-    // The prompt is encoded once; its cost is reported on the first frame of the run.
-    let mut text_ms = session.set_prompt(&text, allow_empty)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("{}: cannot create output folder", out.display()))?;
+    if interactive {
+        return interact(inputs, model_args, out);
+    }
+    let package = open_package(model_args)?;
+    let request = request(prompt, &package)?;
+    let mut model = open_model(model_args, &request)?;
     let mut failed = 0;
     for path in inputs {
-        match segment_file(&mut session, path, out, text_ms, &text) {
-            Ok(n) => {
-                text_ms = 0.0;
-                println!("{}: {n} frame(s) → {}", path.display(), out.display());
-            }
+        match segment_file(&mut model, path, out) {
+            Ok(n) => println!("{}: {n} frame(s) → {}", path.display(), out.display()),
             Err(e) => {
                 failed += 1;
                 eprintln!("error: {}", one_line(&e));
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `segment --interactive`: one SAM encoder run, then a decoder run per stdin line; prints one
+/// JSON line per prompt with the decoder-only time and writes its mask. A bad line is reported
+/// and the loop goes on.
+fn interact(inputs: &[PathBuf], model_args: &ModelArgs, out: &Path) -> Result<ExitCode, Fatal> {
+    use std::io::BufRead;
+    let [path] = inputs else {
+        return Err(anyhow::anyhow!("--interactive takes exactly one image").into());
+    };
+    let sam = Sam::load(
+        open_package(model_args)?,
+        model_args.precision,
+        model_args.threads.max(1),
+    )?;
+    let mut session = sam.session()?;
+    let frame = input::load(path)?.frames.remove(0);
+    let encoded = session.set_image(&frame)?;
+    println!(
+        "{{\"encoded\":\"{}\",\"preprocess_ms\":{:.3},\"encoder_ms\":{:.3}}}",
+        path.display(),
+        encoded.preprocess,
+        encoded.inference
+    );
+    let stem = file_stem(path);
+    let mut failed = 0;
+    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.context("stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let result = parse_prompt_line(&line)
+            .map_err(anyhow::Error::msg)
+            .and_then(|p| Ok(session.predict(&p, false)?));
+        match result {
+            Ok(r) => {
+                let mask = &r.masks[0];
+                let name = format!("{stem}_prompt{n}_mask.png");
+                output::write_mask_png(&out.join(&name), &mask.mask)?;
+                let line = serde_json::json!({
+                    "prompt": n,
+                    "decoder_ms": r.timings.inference,
+                    "postprocess_ms": r.timings.postprocess,
+                    "chosen": r.chosen,
+                    "iou_predictions": r.iou,
+                    "area_px": mask.mask.area(),
+                    "mask": name,
+                });
+                println!("{line}");
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: prompt {n}: {}", one_line(&e));
             }
         }
     }
@@ -406,14 +592,20 @@ fn models(action: Option<ModelsAction>) -> Result<ExitCode, Fatal> {
 }
 
 fn evaluate(
-    model: &ModelArgs,
+    model_args: &ModelArgs,
+    adapter: Option<String>,
     data: &Path,
     prompt_type: Option<PromptType>,
     scores_path: Option<&Path>,
 ) -> Result<ExitCode, Fatal> {
-    let vlsm = load_vlsm(model)?;
-    let mut session = vlsm.session()?;
-    let scores = eval::evaluate(&mut session, data, prompt_type)?;
+    let package = open_package(model_args)?;
+    let options = eval::Options {
+        precision: model_args.precision,
+        threads: model_args.threads.max(1),
+        prompt_type,
+        adapter,
+    };
+    let scores = eval::evaluate(&package, data, &options)?;
     if let Some(path) = scores_path {
         let lines: Vec<String> = scores
             .iter()
@@ -424,8 +616,8 @@ fn evaluate(
     }
     println!(
         "model {} ({}), data {}, prompt type {}",
-        vlsm.package().name(),
-        vlsm.precision(),
+        package.name(),
+        model_args.precision,
         data.display(),
         prompt_type
             .map(|t| t.to_string())
@@ -466,6 +658,10 @@ fn live(args: RunArgs) -> Result<ExitCode, Fatal> {
         precision: args.precision,
         threads: args.threads,
         prompt: args.prompt,
+        adapter: args.adapter,
+        control: args.control,
+        task: args.task,
+        modality: args.modality,
         display: args.display,
         serial: args.serial,
         frames: args.frames,
@@ -524,7 +720,8 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
             model,
             prompt,
             out,
-        } => segment(&inputs, &model, &prompt, &out),
+            interactive,
+        } => segment(&inputs, &model, &prompt, &out, interactive),
         Command::Models { action } => models(action),
         Command::Prompts { attributes } => {
             for kind in PromptType::all() {
@@ -537,10 +734,11 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
         }
         Command::Eval {
             model,
+            adapter,
             data,
             prompt_type,
             scores,
-        } => evaluate(&model, &data, prompt_type, scores.as_deref()),
+        } => evaluate(&model, adapter, &data, prompt_type, scores.as_deref()),
         Command::Phantoms {
             out,
             count,

@@ -80,6 +80,20 @@ pub struct FrameSummary {
     pub mask: String,
     /// Overlay PNG file name.
     pub overlay: String,
+    /// Label map PNG file name (pixel value = class index), for models with 3+ classes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_map: Option<String>,
+    /// Pixels per class name, for models with 3+ classes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_areas: Option<std::collections::BTreeMap<String, usize>>,
+    /// SAM: predicted IoU of each output, which one was chosen, and every output's mask file
+    /// when all were asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iou_predictions: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all_masks: Option<Vec<String>>,
     pub timings_ms: Timings,
 }
 
@@ -119,6 +133,19 @@ pub fn mask_png(mask: &Mask) -> Result<Vec<u8>, OutputError> {
 /// Writes the mask as an 8-bit grayscale PNG (0 outside, 255 inside).
 pub fn write_mask_png(path: &Path, mask: &Mask) -> Result<(), OutputError> {
     write_file(path, &mask_png(mask)?)
+}
+
+/// Writes a label map as an 8-bit grayscale PNG whose pixel values are class indices.
+pub fn write_label_png(
+    path: &Path,
+    width: u32,
+    height: u32,
+    labels: &[u8],
+) -> Result<(), OutputError> {
+    write_file(
+        path,
+        &encode_png(labels, width, height, ExtendedColorType::L8)?,
+    )
 }
 
 /// Writes `frame` with `mask` drawn over it in `color`: a 40 % fill and an opaque one-pixel
@@ -453,6 +480,11 @@ mod tests {
                 },
                 mask: "scan_mask.png".into(),
                 overlay: "scan_overlay.png".into(),
+                label_map: None,
+                class_areas: None,
+                iou_predictions: None,
+                chosen: None,
+                all_masks: None,
                 timings_ms: Timings {
                     decode: 1.5,
                     inference: 20.0,

@@ -111,6 +111,45 @@ pub fn segment(
     frame_w: u32,
     frame_h: u32,
 ) -> Result<Segmentation, PostprocessError> {
+    match activation {
+        Activation::Sigmoid if classes != 1 => {
+            return Err(PostprocessError::SigmoidClasses { found: classes })
+        }
+        Activation::Softmax if classes < 2 => {
+            return Err(PostprocessError::SoftmaxClasses { found: classes })
+        }
+        _ => {}
+    }
+    let plane = check_sizes(logits, model_w, model_h, classes, frame_w, frame_h)?;
+    if !(0.0..=1.0).contains(&threshold) {
+        return Err(PostprocessError::Threshold { threshold });
+    }
+    let model_prob = activate(logits, plane, classes, activation);
+
+    let (input_w, input_h) = geometry.model_size();
+    let [cx, cy, cw, ch] = geometry.content();
+    let xs = axis_taps(model_w, input_w, cx, cw, frame_w);
+    let ys = axis_taps(model_h, input_h, cy, ch, frame_h);
+
+    let probability = resample(&model_prob, model_w as usize, &xs, &ys);
+    let bits = probability.iter().map(|&p| p > threshold).collect();
+    // The size was checked above, so this cannot fail; map the error rather than unwrap.
+    let mask = Mask::new(frame_w, frame_h, bits).map_err(|_| PostprocessError::FrameSize {
+        width: frame_w,
+        height: frame_h,
+    })?;
+    Ok(Segmentation { probability, mask })
+}
+
+/// Checks the model and frame sizes and the logit count; returns the plane size.
+fn check_sizes(
+    logits: &[f32],
+    model_w: u32,
+    model_h: u32,
+    classes: usize,
+    frame_w: u32,
+    frame_h: u32,
+) -> Result<usize, PostprocessError> {
     if model_w == 0 || model_h == 0 {
         return Err(PostprocessError::ModelSize {
             width: model_w,
@@ -123,66 +162,82 @@ pub fn segment(
             height: frame_h,
         });
     }
-    match activation {
-        Activation::Sigmoid if classes != 1 => {
-            return Err(PostprocessError::SigmoidClasses { found: classes })
-        }
-        Activation::Softmax if classes < 2 => {
-            return Err(PostprocessError::SoftmaxClasses { found: classes })
-        }
-        _ => {}
-    }
     let plane = (model_w as usize).checked_mul(model_h as usize);
     let expected = plane.and_then(|p| p.checked_mul(classes));
-    if expected != Some(logits.len()) {
-        return Err(PostprocessError::LogitsLength {
+    match (plane, expected) {
+        (Some(plane), Some(expected)) if expected == logits.len() && classes > 0 => Ok(plane),
+        _ => Err(PostprocessError::LogitsLength {
             classes,
             width: model_w,
             height: model_h,
             expected: expected.unwrap_or(usize::MAX),
             found: logits.len(),
-        });
+        }),
     }
-    if !(0.0..=1.0).contains(&threshold) {
-        return Err(PostprocessError::Threshold { threshold });
+}
+
+/// The class of every frame pixel: the argmax over `classes` logit planes, each resampled
+/// bilinearly to the frame as [`segment`] resamples probabilities (ties go to the lower class).
+/// Sizes are checked as in [`segment`]; at most 256 classes.
+pub fn label_map(
+    logits: &[f32],
+    (model_w, model_h): (u32, u32),
+    classes: usize,
+    geometry: Geometry,
+    (frame_w, frame_h): (u32, u32),
+) -> Result<Vec<u8>, PostprocessError> {
+    if !(2..=256).contains(&classes) {
+        return Err(PostprocessError::SoftmaxClasses { found: classes });
     }
-
-    let plane = plane.unwrap_or(0); // checked above: `expected` exists, so `plane` does
-    let model_prob = activate(logits, plane, classes, activation);
-
+    let plane = check_sizes(logits, model_w, model_h, classes, frame_w, frame_h)?;
     let (input_w, input_h) = geometry.model_size();
     let [cx, cy, cw, ch] = geometry.content();
     let xs = axis_taps(model_w, input_w, cx, cw, frame_w);
     let ys = axis_taps(model_h, input_h, cy, ch, frame_h);
+    let mut best = resample(&logits[..plane], model_w as usize, &xs, &ys);
+    let mut labels = vec![0u8; best.len()];
+    for k in 1..classes {
+        let z = resample(
+            &logits[k * plane..(k + 1) * plane],
+            model_w as usize,
+            &xs,
+            &ys,
+        );
+        for ((b, l), &v) in best.iter_mut().zip(&mut labels).zip(&z) {
+            // NaN never wins.
+            if v > *b || b.is_nan() && !v.is_nan() {
+                *b = v;
+                *l = k as u8;
+            }
+        }
+    }
+    Ok(labels)
+}
 
-    let (fw, fh) = (frame_w as usize, frame_h as usize);
-    let mw = model_w as usize;
-    // Horizontal pass over the logit rows the vertical taps use, then a vertical pass that
-    // blends two of those rows per frame row (contiguous, so it vectorises).
+/// Bilinear resampling of one `width`-wide plane through per-axis taps: one value per
+/// (`ys`, `xs`) pair, row-major.
+fn resample(plane: &[f32], width: usize, xs: &[Tap], ys: &[Tap]) -> Vec<f32> {
+    let fw = xs.len();
+    // Horizontal pass over the rows the vertical taps use, then a vertical pass that blends
+    // two of those rows per output row (contiguous, so it vectorises).
     let first_row = ys.iter().map(|t| t.0).min().unwrap_or(0);
     let last_row = ys.iter().map(|t| t.1).max().unwrap_or(0);
     let mut wide = vec![0.0f32; (last_row - first_row + 1) * fw];
     for (r, dst) in wide.chunks_exact_mut(fw).enumerate() {
-        let row = &model_prob[(first_row + r) * mw..(first_row + r + 1) * mw];
-        for (d, &(x0, x1, wx)) in dst.iter_mut().zip(&xs) {
+        let row = &plane[(first_row + r) * width..(first_row + r + 1) * width];
+        for (d, &(x0, x1, wx)) in dst.iter_mut().zip(xs) {
             *d = row[x0] + wx * (row[x1] - row[x0]);
         }
     }
-    let mut probability = vec![0.0f32; fw * fh];
-    for (dst, &(y0, y1, wy)) in probability.chunks_exact_mut(fw).zip(&ys) {
+    let mut out = vec![0.0f32; fw * ys.len()];
+    for (dst, &(y0, y1, wy)) in out.chunks_exact_mut(fw.max(1)).zip(ys) {
         let top = &wide[(y0 - first_row) * fw..(y0 - first_row + 1) * fw];
         let bottom = &wide[(y1 - first_row) * fw..(y1 - first_row + 1) * fw];
         for ((d, &t), &b) in dst.iter_mut().zip(top).zip(bottom) {
             *d = t + wy * (b - t);
         }
     }
-    let bits = probability.iter().map(|&p| p > threshold).collect();
-    // The size was checked above, so this cannot fail; map the error rather than unwrap.
-    let mask = Mask::new(frame_w, frame_h, bits).map_err(|_| PostprocessError::FrameSize {
-        width: frame_w,
-        height: frame_h,
-    })?;
-    Ok(Segmentation { probability, mask })
+    out
 }
 
 /// Foreground probability per model pixel; non-finite results become 0.
@@ -232,6 +287,9 @@ fn saturate(z: f32) -> f32 {
     z.clamp(-f32::MAX, f32::MAX)
 }
 
+/// One bilinear tap: `(i0, i1, weight of i1)`.
+type Tap = (usize, usize, f32);
+
 /// Bilinear taps `(i0, i1, weight of i1)` into a logit axis of `len` samples for each of
 /// `out_len` frame pixels.
 ///
@@ -245,7 +303,7 @@ fn axis_taps(
     content_start: u32,
     content_len: u32,
     out_len: u32,
-) -> Vec<(usize, usize, f32)> {
+) -> Vec<Tap> {
     let r = f64::from(len) / f64::from(input_len.max(1));
     let a = f64::from(content_start) * r;
     let b = f64::from(content_start + content_len) * r;

@@ -1,4 +1,4 @@
-//! Frame → model input tensor: resize (stretch or letterbox), scale to 0..1, normalise per
+//! Frame → model input tensor: resize (stretch, letterbox or SAM's longest side), scale to 0..1, normalise per
 //! channel, and lay out as planar RGB (NCHW with N = 1).
 //!
 //! Resampling is a separable triangle (bilinear) filter on half-pixel centres: source
@@ -8,7 +8,8 @@
 //! so large frames do not alias on their way down to the model size.
 //!
 //! Letterboxing keeps the aspect ratio, centres the frame in the model input and pads with the
-//! normalised value of black. The [`Geometry`] that [`Preprocessor::run`] returns says where the
+//! normalised value of black; [`Resize::Longest`] puts the image top-left and pads with zeros
+//! after normalisation, as Segment Anything does. The [`Geometry`] that [`Preprocessor::run`] returns says where the
 //! frame landed, so post-processing can undo it.
 //!
 //! Nothing here does I/O. The per-frame path allocates nothing once it has seen a frame size:
@@ -45,6 +46,10 @@ pub enum Resize {
     Stretch,
     /// Scale uniformly to fit inside the input, centre, and pad the rest with black.
     Letterbox,
+    /// Segment Anything's form: scale uniformly so the longest side fills the input (the other
+    /// side rounded as `ResizeLongestSide` rounds it), place the image top-left, and pad the
+    /// right and bottom with zeros *after* normalisation (the mean colour).
+    Longest,
 }
 
 /// Per-channel normalisation `(value - mean) / std`, applied to RGB values scaled to 0..1.
@@ -233,6 +238,13 @@ impl Preprocessor {
                 let ch = ch.clamp(1, mh64) as u32;
                 [(mw - cw) / 2, (mh - ch) / 2, cw, ch]
             }
+            Resize::Longest => {
+                // SAM: scale = side / longest; new = int(old * scale + 0.5).
+                let scale = f64::from(mw.min(mh)) / f64::from(fw.max(fh));
+                let side =
+                    |v: u32, limit: u32| ((f64::from(v) * scale + 0.5) as u32).clamp(1, limit);
+                [0, 0, side(fw, mw), side(fh, mh)]
+            }
         };
         Geometry {
             model: (mw, mh),
@@ -256,11 +268,15 @@ impl Preprocessor {
         let [px, py, cw, ch] = geometry.content.map(|v| v as usize);
         if cw < mw || ch < mh {
             for c in 0..3 {
+                let value = match self.resize {
+                    Resize::Longest => 0.0,
+                    Resize::Stretch | Resize::Letterbox => self.offset[c],
+                };
                 fill_padding(
                     &mut out[c * plane..(c + 1) * plane],
                     (mw, mh),
                     [px, py, cw, ch],
-                    self.offset[c],
+                    value,
                 );
             }
         }
@@ -646,6 +662,40 @@ mod tests {
                 vec![black; 4],
             ];
             assert_close(&plane(&out, 4, 4, c), &expected);
+        }
+    }
+
+    #[test]
+    fn longest_side_puts_the_image_top_left_and_pads_with_zero() {
+        let norm = Normalize {
+            mean: [0.5, 0.25, 0.0],
+            std: [0.5, 0.25, 2.0],
+        };
+        let p = Preprocessor::new(4, 4, Resize::Longest, norm).unwrap();
+        let frame = gray(4, 2, &[0, 51, 102, 153, 204, 255, 255, 0]);
+        let mut out = Vec::new();
+        let g = p.run(&frame, &mut out);
+        assert_eq!(g.content(), [0, 0, 4, 2]);
+        for c in 0..3 {
+            let n = |byte: f32| (byte / 255.0 - norm.mean[c]) / norm.std[c];
+            let expected = vec![
+                [0.0, 51.0, 102.0, 153.0].map(n).to_vec(),
+                [204.0, 255.0, 255.0, 0.0].map(n).to_vec(),
+                vec![0.0; 4],
+                vec![0.0; 4],
+            ];
+            assert_close(&plane(&out, 4, 4, c), &expected);
+        }
+        // SAM's ResizeLongestSide: int(old * side / longest + 0.5).
+        let cases = [
+            ((1024, 1024), (1920, 1080), [0, 0, 1024, 576]),
+            ((256, 256), (320, 240), [0, 0, 256, 192]),
+            ((256, 256), (300, 1000), [0, 0, 77, 256]),
+            ((256, 256), (1000, 1), [0, 0, 256, 1]),
+        ];
+        for (model, frame, content) in cases {
+            let p = Preprocessor::new(model.0, model.1, Resize::Longest, IDENTITY).unwrap();
+            assert_eq!(p.geometry(frame.0, frame.1).content(), content, "{frame:?}");
         }
     }
 

@@ -59,6 +59,17 @@ pub struct ModelConfig {
     /// The text prompt (VLSM models).
     #[serde(default)]
     pub prompt: String,
+    /// The task adapter to start with (adapted VLSM packages; default: the package's first).
+    #[serde(default)]
+    pub adapter: Option<String>,
+    /// Where `adapter NAME` lines come from during the run: `stdin` or a file path.
+    #[serde(default)]
+    pub control: Option<String>,
+    /// Task and modality names (conditioned models).
+    #[serde(default)]
+    pub task: Option<String>,
+    #[serde(default)]
+    pub modality: Option<String>,
 }
 
 fn f32() -> Precision {
@@ -161,6 +172,11 @@ pub struct Overrides {
     pub precision: Option<Precision>,
     pub threads: Option<usize>,
     pub prompt: Option<String>,
+    pub adapter: Option<String>,
+    /// `stdin` or a control file path.
+    pub control: Option<String>,
+    pub task: Option<String>,
+    pub modality: Option<String>,
     /// `none`, `png:DIR`, `fbdev[:DEVICE]` or `drm[:DEVICE]`.
     pub display: Option<String>,
     /// `none` or `PORT[@BAUD]`.
@@ -195,6 +211,16 @@ impl Profile {
         }
         if let Some(p) = &o.prompt {
             self.model.prompt = p.clone();
+        }
+        for (value, field) in [
+            (&o.adapter, &mut self.model.adapter),
+            (&o.control, &mut self.model.control),
+            (&o.task, &mut self.model.task),
+            (&o.modality, &mut self.model.modality),
+        ] {
+            if value.is_some() {
+                field.clone_from(value);
+            }
         }
         if let Some(spec) = &o.display {
             self.display = display_override(spec, self.display.take())?;

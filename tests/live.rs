@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgeseg::frame::Frame;
-use edgeseg::live::{self, Limits, Overflow, Segmenter, SinkSlot, Stages, VlsmSegmenter};
-use edgeseg::model::{FrameResult, ModelError, Package, Precision, Vlsm};
+use edgeseg::live::{self, Limits, Overflow, Segmenter, SinkSlot, Stages};
+use edgeseg::model::{FrameModel, FrameResult, ModelError, Package, Precision, Request};
 use edgeseg::recording::{TelemetryConfig, TelemetrySink};
 use edgeseg::roi::{Roi, RoiConfig};
 use edgeseg::sink::{Emitted, Sink, SinkError};
@@ -30,10 +30,13 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn model() -> VlsmSegmenter {
+fn model() -> FrameModel {
     let package = Package::open(&root().join("models/clipseg-phantom")).unwrap();
-    let vlsm = Vlsm::load(package, Precision::F32, 1).unwrap();
-    VlsmSegmenter::new(vlsm.session().unwrap(), "dark oval lesion", false).unwrap()
+    let request = Request {
+        prompt: Some("dark oval lesion".into()),
+        ..Request::default()
+    };
+    FrameModel::open(package, Precision::F32, 1, &request).unwrap()
 }
 
 fn stages(segmenter: Box<dyn Segmenter>) -> Stages {
@@ -82,23 +85,26 @@ fn recorder(delay: Duration, queue: usize) -> (SinkSlot, Arc<Mutex<Vec<u64>>>) {
 
 /// The model, held at a gate: it reports each frame it starts and waits to be released.
 struct Gated {
-    inner: VlsmSegmenter,
+    inner: FrameModel,
     started: Sender<()>,
     release: Receiver<()>,
 }
 
 impl Segmenter for Gated {
     fn label(&self) -> &str {
-        self.inner.label()
+        Segmenter::label(&self.inner)
     }
     fn threshold(&self) -> f32 {
-        self.inner.threshold()
+        Segmenter::threshold(&self.inner)
     }
     fn segment(&mut self, frame: &Frame) -> Result<FrameResult, ModelError> {
         // The source stops listening once it has ended; later frames need no cue.
         let _ = self.started.send(());
         self.release.recv().unwrap();
-        self.inner.segment(frame)
+        Segmenter::segment(&mut self.inner, frame)
+    }
+    fn set_adapter(&mut self, name: &str) -> Result<f64, ModelError> {
+        self.inner.set_adapter(name)
     }
 }
 

@@ -6,7 +6,9 @@
 //! - [`pipeline`]: the threads and the accounting.
 //! - [`histogram`] and [`report`]: latency percentiles and the end-of-run summary.
 //! - [`setup`]: a device profile turned into a source, stages and sinks.
+//! - [`control`]: `adapter NAME` lines from stdin or a control file.
 
+pub mod control;
 pub mod histogram;
 pub mod pipeline;
 pub mod queue;
@@ -18,4 +20,4 @@ pub use pipeline::{run, Limits, SinkSlot};
 pub use queue::{Overflow, Pop, Queue};
 pub use report::RunReport;
 pub use setup::{setup, Setup};
-pub use stages::{Segmenter, Stages, VlsmSegmenter};
+pub use stages::{AdapterSwitch, Segmenter, Stages};

@@ -340,6 +340,7 @@ pub fn run(
         .unwrap_or(0);
     let c = counts.snapshot();
     RunReport {
+        adapter_switches: stages.switches().to_vec(),
         source: source_name,
         source_ended,
         label: label.to_string(),

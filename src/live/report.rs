@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::histogram::Percentiles;
+use super::stages::AdapterSwitch;
 
 /// Percentiles of each stage, over processed frames.
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +57,8 @@ pub struct RunReport {
     pub fps: f64,
     pub stages: StageReport,
     pub sinks: Vec<SinkReport>,
+    /// Task-adapter switches made during the run, in order.
+    pub adapter_switches: Vec<AdapterSwitch>,
 }
 
 fn row(table: &mut String, name: &str, p: &Percentiles) {
@@ -94,6 +97,12 @@ impl RunReport {
             row(&mut t, &format!("{} emit", s.name), &s.emit);
             row(&mut t, &format!("{} end-to-end", s.name), &s.end_to_end);
             row(&mut t, &format!("{} overhead", s.name), &s.overhead);
+        }
+        for s in &self.adapter_switches {
+            let _ = match &s.error {
+                None => writeln!(t, "adapter    `{}` in {:.2} ms", s.adapter, s.ms),
+                Some(e) => writeln!(t, "adapter    `{}` failed: {e}", s.adapter),
+            };
         }
         for s in &self.sinks {
             let _ = write!(

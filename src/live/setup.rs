@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::display::{Backend, DisplaySink};
-use crate::model::{Package, Vlsm};
+use crate::model::{FrameModel, Package, Request};
 use crate::profile::Profile;
 use crate::recording::{FilesSink, TelemetrySink};
 use crate::roi::Roi;
@@ -15,8 +15,9 @@ use crate::serial::{Loopback, SerialSink};
 use crate::smoothing::Smoother;
 use crate::source::{self, Source};
 
+use super::control::{self, Control};
 use super::pipeline::{Limits, SinkSlot};
-use super::stages::{Stages, VlsmSegmenter};
+use super::stages::Stages;
 
 /// Everything a run needs, opened and checked.
 pub struct Setup {
@@ -41,13 +42,25 @@ pub fn setup(profile: &Profile) -> anyhow::Result<Setup> {
         .unwrap_or_else(Package::default_dir);
     let start = Instant::now();
     let package = Package::open(&dir)?;
-    let vlsm = Vlsm::load(package, profile.model.precision, profile.model.threads)?;
+    let m = &profile.model;
+    let request = Request {
+        prompt: (!m.prompt.is_empty()).then(|| m.prompt.clone()),
+        adapter: m.adapter.clone(),
+        task: m.task.clone(),
+        modality: m.modality.clone(),
+        ..Request::default()
+    };
+    let segmenter = FrameModel::open(package, m.precision, m.threads, &request)?;
     let load = start.elapsed();
-    let model = format!("{} ({})", vlsm.package().name(), vlsm.precision());
-    let segmenter = VlsmSegmenter::new(vlsm.session()?, &profile.model.prompt, false)?;
+    let model = format!("{} ({})", segmenter.package().name(), segmenter.precision());
     let roi = Roi::new(&profile.roi).context("[roi]")?;
     let smoother = Smoother::new(&profile.smoothing).context("[smoothing]")?;
-    let stages = Stages::new(roi, Box::new(segmenter), smoother);
+    let mut stages = Stages::new(roi, Box::new(segmenter), smoother);
+    if let Some(spec) = &m.control {
+        let channel = control::spawn(&Control::parse(spec))
+            .with_context(|| format!("[model] control = {spec:?}"))?;
+        stages = stages.with_control(channel);
+    }
 
     let mut sinks = Vec::new();
     if let Some(d) = profile

@@ -1,11 +1,13 @@
 //! The work the inference thread does on one frame: crop to the region of interest, run the
 //! model, map its output back to the full frame, and smooth over time there (so a re-detected
-//! region does not reset the smoothing). Pure computation: no I/O.
+//! region does not reset the smoothing). Pure computation: no I/O. Task-adapter switches
+//! arrive on a channel and are made between frames.
 
+use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use crate::frame::{Frame, Mask};
-use crate::model::{FrameResult, ModelError, VlsmSession};
+use crate::model::{FrameModel, FrameResult, ModelError};
 use crate::roi::Roi;
 use crate::smoothing::Smoother;
 
@@ -17,41 +19,37 @@ pub trait Segmenter: Send {
     fn threshold(&self) -> f32;
     /// Segments `frame`; the result is at the frame's size.
     fn segment(&mut self, frame: &Frame) -> Result<FrameResult, ModelError>;
+    /// Switches the task adapter; returns the milliseconds it took.
+    fn set_adapter(&mut self, name: &str) -> Result<f64, ModelError>;
 }
 
-/// A VLSM session with its prompt already set.
-pub struct VlsmSegmenter {
-    session: VlsmSession,
-    prompt: String,
-}
-
-impl VlsmSegmenter {
-    /// Wraps `session`, setting `prompt` (an empty prompt only when `allow_empty`).
-    pub fn new(
-        mut session: VlsmSession,
-        prompt: &str,
-        allow_empty: bool,
-    ) -> Result<VlsmSegmenter, ModelError> {
-        session.set_prompt(prompt, allow_empty)?;
-        Ok(VlsmSegmenter {
-            session,
-            prompt: prompt.to_string(),
-        })
-    }
-}
-
-impl Segmenter for VlsmSegmenter {
+impl Segmenter for FrameModel {
     fn label(&self) -> &str {
-        &self.prompt
+        FrameModel::label(self)
     }
 
     fn threshold(&self) -> f32 {
-        self.session.model().package().manifest().output.threshold
+        FrameModel::threshold(self)
     }
 
     fn segment(&mut self, frame: &Frame) -> Result<FrameResult, ModelError> {
-        self.session.segment(frame)
+        let mut segmented = FrameModel::segment(self, frame)?;
+        Ok(segmented.results.swap_remove(segmented.chosen))
     }
+
+    fn set_adapter(&mut self, name: &str) -> Result<f64, ModelError> {
+        FrameModel::set_adapter(self, name)
+    }
+}
+
+/// One task-adapter switch during a run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AdapterSwitch {
+    pub adapter: String,
+    /// Time the switch took (tensor swap, plus prompt re-encoding for adapted text graphs).
+    pub ms: f64,
+    /// Why it failed; the previous adapter stays active.
+    pub error: Option<String>,
 }
 
 /// Stage durations of one frame in microseconds.
@@ -76,6 +74,9 @@ pub struct Stages {
     roi: Roi,
     segmenter: Box<dyn Segmenter>,
     smoother: Smoother,
+    /// Adapter names to switch to, from the run's control channel.
+    control: Option<Receiver<String>>,
+    switches: Vec<AdapterSwitch>,
 }
 
 fn micros(ms: f64) -> u64 {
@@ -88,6 +89,39 @@ impl Stages {
             roi,
             segmenter,
             smoother,
+            control: None,
+            switches: Vec::new(),
+        }
+    }
+
+    /// Switch adapters to the names received on `control`, between frames.
+    pub fn with_control(mut self, control: Receiver<String>) -> Stages {
+        self.control = Some(control);
+        self
+    }
+
+    /// The adapter switches made so far.
+    pub fn switches(&self) -> &[AdapterSwitch] {
+        &self.switches
+    }
+
+    /// Makes every adapter switch that arrived since the last frame.
+    fn switch_adapters(&mut self) {
+        let Some(control) = &self.control else {
+            return;
+        };
+        while let Ok(adapter) = control.try_recv() {
+            let (ms, error) = match self.segmenter.set_adapter(&adapter) {
+                Ok(ms) => {
+                    log::info!("adapter `{adapter}` active after {ms:.2} ms");
+                    (ms, None)
+                }
+                Err(e) => {
+                    log::warn!("adapter switch: {e}");
+                    (0.0, Some(e.to_string()))
+                }
+            };
+            self.switches.push(AdapterSwitch { adapter, ms, error });
         }
     }
 
@@ -98,6 +132,7 @@ impl Stages {
 
     /// Segments `frame` and returns its mask at the frame's full size.
     pub fn process(&mut self, frame: &Frame) -> anyhow::Result<Processed> {
+        self.switch_adapters();
         let t0 = Instant::now();
         let cropped = self.roi.apply(frame)?;
         let crop_us = t0.elapsed().as_micros() as u64;

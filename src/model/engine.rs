@@ -203,10 +203,75 @@ impl Graph {
     }
 
     fn run_err(&self, e: anyhow::Error) -> ModelError {
+        self.error(one_line(&e))
+    }
+
+    /// A run error naming this graph's file.
+    pub fn error(&self, message: impl std::fmt::Display) -> ModelError {
         ModelError::Run {
             path: self.path.clone(),
-            message: one_line(&e),
+            message: message.to_string(),
         }
+    }
+
+    /// Orders named tensors as the manifest lists this graph's inputs; an input the caller
+    /// does not provide is a contract error naming it.
+    pub fn order_inputs(&self, named: Vec<(&str, Tensor)>) -> Result<Vec<Tensor>, ModelError> {
+        let mut named: std::collections::HashMap<&str, Tensor> = named.into_iter().collect();
+        self.spec
+            .inputs
+            .iter()
+            .map(|s| {
+                named
+                    .remove(s.name.as_str())
+                    .ok_or_else(|| ModelError::Contract {
+                        path: self.path.clone(),
+                        message: format!(
+                            "the graph takes input `{}`, which this model family does not provide",
+                            s.name
+                        ),
+                    })
+            })
+            .collect()
+    }
+
+    /// The manifest shape of the input or output called `name`.
+    pub fn shape_of(&self, name: &str) -> Result<&[usize], ModelError> {
+        self.spec
+            .inputs
+            .iter()
+            .chain(&self.spec.outputs)
+            .find(|t| t.name == name)
+            .map(|t| t.shape.as_slice())
+            .ok_or_else(|| ModelError::Contract {
+                path: self.path.clone(),
+                message: format!(
+                    "the graph has no tensor `{name}` (inputs {:?}, outputs {:?})",
+                    self.spec.inputs.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                    self.spec
+                        .outputs
+                        .iter()
+                        .map(|t| &t.name)
+                        .collect::<Vec<_>>()
+                ),
+            })
+    }
+
+    /// A tensor of `shape` from `data`, or a run error naming this graph.
+    pub fn tensor<T: Datum + Copy>(
+        &self,
+        shape: &[usize],
+        data: &[T],
+    ) -> Result<Tensor, ModelError> {
+        Tensor::from_shape(shape, data).map_err(|e| self.run_err(e))
+    }
+
+    /// The f32 values of an output tensor.
+    pub fn values<'t>(&self, tensor: &'t Tensor) -> Result<&'t [f32], ModelError> {
+        tensor
+            .try_as_plain_ram()
+            .and_then(|v| v.as_slice::<f32>())
+            .map_err(|e| self.run_err(e))
     }
 }
 

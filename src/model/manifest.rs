@@ -2,6 +2,8 @@
 //! [`Manifest::parse`] checks what serde cannot (sizes, normalisation, graph roles per family)
 //! so the rest of the runtime can trust every field.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use super::{ModelError, Precision};
@@ -103,6 +105,9 @@ pub struct OutputSpec {
     pub activation: Activation,
     #[serde(default = "default_threshold")]
     pub threshold: f32,
+    /// Class names, one per logit plane (class 0 the background under softmax); optional.
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 fn default_threshold() -> f32 {
@@ -133,6 +138,61 @@ fn prompt_type<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PromptType, D::
     s.parse().map_err(serde::de::Error::custom)
 }
 
+/// How a volume's intensities are normalised (after resampling, over the whole volume).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeNormalize {
+    /// `(v - mean) / std` of the volume.
+    Zscore,
+    /// Clip to `window = [low, high]`, then map to 0..1.
+    Window,
+    /// Clip to the volume's `percentiles = [low, high]`, then map to 0..1.
+    Percentile,
+}
+
+/// Volume settings of a `sam3d` package: the model's voxel grid and intensity normalisation.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    /// Millimetres per voxel of the model grid, x y z.
+    pub spacing: [f64; 3],
+    pub normalize: VolumeNormalize,
+    #[serde(default)]
+    pub window: Option<[f64; 2]>,
+    #[serde(default)]
+    pub percentiles: Option<[f64; 2]>,
+    /// Overlap of neighbouring sliding-window patches, as a fraction of the patch.
+    #[serde(default = "default_overlap")]
+    pub overlap: f64,
+}
+
+fn default_overlap() -> f64 {
+    0.5
+}
+
+/// Name → id tables of a `conditioned` package.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditioningSpec {
+    pub tasks: BTreeMap<String, i64>,
+    pub modalities: BTreeMap<String, i64>,
+}
+
+/// One task adapter of an adapted VLSM package: a file of tensors for the graphs' `adapter.*`
+/// inputs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterSpec {
+    pub name: String,
+    pub file: String,
+    pub sha256: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Graph inputs with this prefix are adapter tensors.
+pub const ADAPTER_PREFIX: &str = "adapter.";
+
 /// A parsed and checked `model.toml`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,10 +201,18 @@ pub struct Manifest {
     pub family: Family,
     #[serde(default)]
     pub description: String,
-    pub input: InputSpec,
+    /// Frame preprocessing; every family but `sam3d` has it (checked at parse).
+    #[serde(default)]
+    pub input: Option<InputSpec>,
     pub output: OutputSpec,
     #[serde(default)]
     pub prompt: Option<PromptSpec>,
+    #[serde(default)]
+    pub volume: Option<VolumeSpec>,
+    #[serde(default)]
+    pub conditioning: Option<ConditioningSpec>,
+    #[serde(default, rename = "adapter")]
+    pub adapters: Vec<AdapterSpec>,
     #[serde(rename = "graph")]
     pub graphs: Vec<GraphSpec>,
 }
@@ -157,15 +225,69 @@ impl Manifest {
             message,
         };
         let m: Manifest = toml::from_str(text).map_err(|e| invalid(one_line(&e.to_string())))?;
-        let [w, h] = m.input.size;
-        if w == 0 || h == 0 {
-            return Err(invalid(format!("input.size {w}x{h} has a zero side")));
+        let family = m.family.as_str();
+        match (&m.input, m.family) {
+            (Some(_), Family::Sam3d) => {
+                return Err(invalid("family `sam3d` takes [volume], not [input]".into()))
+            }
+            (None, Family::Sam3d) => {}
+            (None, _) => return Err(invalid(format!("family `{family}` needs an [input] table"))),
+            (Some(input), _) => {
+                let [w, h] = input.size;
+                if w == 0 || h == 0 {
+                    return Err(invalid(format!("input.size {w}x{h} has a zero side")));
+                }
+                if input.std.iter().any(|s| *s <= 0.0 || !s.is_finite()) {
+                    return Err(invalid(format!(
+                        "input.std {:?} must be positive",
+                        input.std
+                    )));
+                }
+            }
         }
-        if m.input.std.iter().any(|s| *s <= 0.0 || !s.is_finite()) {
+        match (&m.volume, m.family) {
+            (None, Family::Sam3d) => {
+                return Err(invalid("family `sam3d` needs a [volume] table".into()))
+            }
+            (Some(v), Family::Sam3d) => v.check().map_err(invalid)?,
+            (Some(_), _) => return Err(invalid(format!("family `{family}` takes no [volume]"))),
+            (None, _) => {}
+        }
+        match (&m.conditioning, m.family) {
+            (None, Family::Conditioned) => {
+                return Err(invalid(
+                    "family `conditioned` needs a [conditioning] table".into(),
+                ))
+            }
+            (Some(c), Family::Conditioned) => {
+                if c.tasks.is_empty() || c.modalities.is_empty() {
+                    return Err(invalid(
+                        "[conditioning] needs at least one task and one modality".into(),
+                    ));
+                }
+            }
+            (Some(_), _) => {
+                return Err(invalid(format!(
+                    "family `{family}` takes no [conditioning]"
+                )))
+            }
+            (None, _) => {}
+        }
+        if !m.adapters.is_empty() && m.family != Family::Vlsm {
             return Err(invalid(format!(
-                "input.std {:?} must be positive",
-                m.input.std
+                "family `{family}` takes no [[adapter]] entries"
             )));
+        }
+        for (ix, a) in m.adapters.iter().enumerate() {
+            if !is_sha256(&a.sha256) {
+                return Err(invalid(format!(
+                    "adapter `{}`: sha256 is not 64 hex digits",
+                    a.name
+                )));
+            }
+            if m.adapters[..ix].iter().any(|b| b.name == a.name) {
+                return Err(invalid(format!("adapter `{}` is listed twice", a.name)));
+            }
         }
         if !(0.0..=1.0).contains(&m.output.threshold) {
             return Err(invalid(format!(
@@ -177,7 +299,7 @@ impl Manifest {
             return Err(invalid("no [[graph]] entries".into()));
         }
         for g in &m.graphs {
-            if g.sha256.len() != 64 || !g.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !is_sha256(&g.sha256) {
                 return Err(invalid(format!(
                     "graph `{}`: sha256 is not 64 hex digits",
                     g.file
@@ -208,6 +330,17 @@ impl Manifest {
         Ok(m)
     }
 
+    /// The frame preprocessing of a 2D family.
+    ///
+    /// # Panics
+    /// On a `sam3d` manifest, which has none; [`Manifest::parse`] guarantees every other family
+    /// has one.
+    pub fn input(&self) -> &InputSpec {
+        self.input
+            .as_ref()
+            .expect("2D families have [input] (checked at parse)")
+    }
+
     /// The graph with this role serving this precision.
     pub fn graph(&self, role: &str, precision: Precision) -> Option<&GraphSpec> {
         self.graphs
@@ -224,6 +357,48 @@ impl Manifest {
                 roles.all(|r| self.graph(r, *p).is_some())
             })
             .collect()
+    }
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl VolumeSpec {
+    fn check(&self) -> Result<(), String> {
+        if self.spacing.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+            return Err(format!(
+                "volume.spacing {:?} must be positive millimetres",
+                self.spacing
+            ));
+        }
+        if !(0.0..=0.9).contains(&self.overlap) {
+            return Err(format!("volume.overlap {} is outside 0..0.9", self.overlap));
+        }
+        let ordered = |pair: Option<[f64; 2]>, key: &str, range: Option<(f64, f64)>| match pair {
+            None => Err(format!(
+                "volume.normalize = \"{key}\" needs volume.{}",
+                if key == "window" {
+                    "window"
+                } else {
+                    "percentiles"
+                }
+            )),
+            Some([lo, hi]) if !(lo.is_finite() && hi.is_finite() && lo < hi) => Err(format!(
+                "volume bounds [{lo}, {hi}] must be finite with low < high"
+            )),
+            Some([lo, hi]) if range.is_some_and(|(a, b)| lo < a || hi > b) => Err(format!(
+                "volume.percentiles [{lo}, {hi}] must lie in 0..100"
+            )),
+            Some(_) => Ok(()),
+        };
+        match self.normalize {
+            VolumeNormalize::Zscore => Ok(()),
+            VolumeNormalize::Window => ordered(self.window, "window", None),
+            VolumeNormalize::Percentile => {
+                ordered(self.percentiles, "percentile", Some((0.0, 100.0)))
+            }
+        }
     }
 }
 
@@ -274,7 +449,7 @@ outputs = [{ name = "logits", dtype = "f32", shape = [1, 1, 32, 64] }]
     #[test]
     fn good_manifest_parses_with_defaults() {
         let m = Manifest::parse(GOOD, Path::new("model.toml")).unwrap();
-        assert_eq!(m.input.resize, Resize::Stretch);
+        assert_eq!(m.input().resize, Resize::Stretch);
         assert_eq!(m.output.threshold, 0.5);
         assert_eq!(m.precisions(), vec![Precision::F32, Precision::F16]);
         assert!(m.graph("model", Precision::Int8).is_none());

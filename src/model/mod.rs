@@ -1,23 +1,37 @@
 //! Model packages and the engine that runs them: [`manifest`] (the `model.toml` data),
 //! [`package`] (finding, hashing and checking packages), [`engine`] (tract: load, check the
-//! graph contract, optimise, run) and the families built on them ([`vlsm`]).
+//! graph contract, optimise, run) and the families built on them: [`vlsm`] (text prompts,
+//! with task adapters), [`sam`] (clicks and boxes), [`dense`] (plain and
+//! task/modality-conditioned).
 
+pub mod dense;
 pub mod engine;
+pub mod frame_model;
 pub mod manifest;
 pub mod package;
+pub mod sam;
 pub mod vlsm;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Instant;
 
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use dense::{Condition, Dense, DenseSession};
 pub use engine::{Graph, Session};
+pub use frame_model::{FrameModel, Request, Segmented};
 pub use manifest::{DType, Family, GraphSpec, Manifest, TensorSpec};
 pub use package::Package;
+pub use sam::{Click, Sam, SamPrompt, SamResult, SamSession};
 pub use vlsm::{FrameResult, Vlsm, VlsmSession};
+
+/// Milliseconds since `start`.
+pub(crate) fn elapsed_ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
+}
 
 /// Numeric precision a model runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{Graph, GraphSpec, Manifest, ModelError, Precision};
+use super::{Family, Graph, GraphSpec, Manifest, ModelError, Precision};
+use crate::preprocess::{Normalize, Preprocessor};
 
 /// The manifest file name inside a package folder.
 pub const MANIFEST: &str = "model.toml";
@@ -111,20 +112,51 @@ impl Package {
 
     /// Reads a graph file and checks its hash.
     pub fn read_graph(&self, spec: &GraphSpec) -> Result<Vec<u8>, ModelError> {
-        let path = self.path(&spec.file);
+        self.read_checked(&spec.file, &spec.sha256)
+    }
+
+    /// Reads a file of the package and checks it against its sha256.
+    pub fn read_checked(&self, file: &str, sha256: &str) -> Result<Vec<u8>, ModelError> {
+        let path = self.path(file);
         let bytes = fs::read(&path).map_err(|source| ModelError::Io {
             path: path.clone(),
             source,
         })?;
         let found = hex(&Sha256::digest(&bytes));
-        if !found.eq_ignore_ascii_case(&spec.sha256) {
+        if !found.eq_ignore_ascii_case(sha256) {
             return Err(ModelError::Hash {
                 path,
-                expected: spec.sha256.clone(),
+                expected: sha256.to_string(),
                 found,
             });
         }
         Ok(bytes)
+    }
+
+    /// An error unless the package is of `family`.
+    pub fn require(&self, family: Family) -> Result<(), ModelError> {
+        if self.manifest.family == family {
+            return Ok(());
+        }
+        Err(ModelError::Family {
+            model: self.manifest.name.clone(),
+            expected: family.as_str(),
+            found: self.manifest.family.as_str(),
+        })
+    }
+
+    /// The frame preprocessor the manifest's `[input]` describes (2D families).
+    pub fn preprocessor(&self) -> Result<Preprocessor, ModelError> {
+        let input = self.manifest.input();
+        let [w, h] = input.size;
+        let normalize = Normalize {
+            mean: input.mean,
+            std: input.std,
+        };
+        Preprocessor::new(w, h, input.resize, normalize).map_err(|e| ModelError::Manifest {
+            path: self.path(MANIFEST),
+            message: e.to_string(),
+        })
     }
 
     /// Loads the graph for a role at a precision, hash and contract checked.
