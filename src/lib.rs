@@ -5,6 +5,8 @@
 //! interest) → [`model`] (packages, engine, families) → [`postprocess`] and [`smoothing`] →
 //! [`sink`] outputs: [`display`], [`serial`] (over the wire format in [`protocol`]),
 //! [`recording`] and [`output`] files. [`live`] runs the live loop a [`profile`] describes.
+//! [`volume`] reads NIfTI files, DICOM series and frame stacks as 3D volumes and runs the volume
+//! pipeline (resample, normalise, patch or sliding window, paste back) of 3D models.
 //! [`prompt`] builds text prompts from attributes; [`dataset`] and [`eval`] measure a model on a
 //! folder of labelled frames.
 
@@ -29,3 +31,4 @@ pub mod sink;
 pub mod smoothing;
 pub mod source;
 pub mod tokenizer;
+pub mod volume;

@@ -12,11 +12,15 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use edgeseg::frame::Frame;
-use edgeseg::model::{Click, FrameModel, Package, Precision, Request, Sam, SamPrompt};
+use edgeseg::model::{
+    Click, Family, FrameModel, Package, Precision, Request, Sam, Sam3d, SamPrompt,
+};
 use edgeseg::output::{self, FrameSummary, Summary};
 use edgeseg::postprocess;
 use edgeseg::profile::{self, Overrides, Profile};
 use edgeseg::prompt::{Attributes, PromptType};
+use edgeseg::volume::segment::Click as VolumeClick;
+use edgeseg::volume::{nifti, LoadOptions};
 use edgeseg::{eval, input, live, phantom, serial};
 
 #[derive(Parser)]
@@ -63,10 +67,10 @@ struct PromptArgs {
     /// Task adapter of an adapted vlsm package (default: its first).
     #[arg(long)]
     adapter: Option<String>,
-    /// A click X,Y in image pixels, optionally ,1 (foreground, the default) or ,0 (background);
-    /// repeat for several (sam).
-    #[arg(long = "point", value_parser = parse_click)]
-    points: Vec<Click>,
+    /// A click X,Y in image pixels (sam) or X,Y,Z in voxels of the input volume (sam3d),
+    /// optionally followed by ,1 (foreground, the default) or ,0 (background); repeatable.
+    #[arg(long = "point")]
+    points: Vec<String>,
     /// A box X0,Y0,X1,Y1 in image pixels (sam).
     #[arg(long = "box", value_parser = parse_box)]
     bbox: Option<[f64; 4]>,
@@ -79,6 +83,17 @@ struct PromptArgs {
     /// Modality name, e.g. US (conditioned).
     #[arg(long)]
     modality: Option<String>,
+}
+
+/// How volume inputs are read (sam3d models).
+#[derive(Args)]
+struct VolumeArgs {
+    /// Which volume of a 4D NIfTI file (zero-based).
+    #[arg(long)]
+    volume_index: Option<usize>,
+    /// Voxel spacing X,Y,Z in mm for a folder of 2D frames (an ultrasound sweep).
+    #[arg(long, value_parser = parse_spacing)]
+    spacing: Option<[f64; 3]>,
 }
 
 #[derive(Subcommand)]
@@ -99,6 +114,8 @@ enum Command {
         /// (`X,Y[,L] ... [box X0,Y0,X1,Y1]`), and decode each (prints the decoder-only cost).
         #[arg(long)]
         interactive: bool,
+        #[command(flatten)]
+        volume: VolumeArgs,
     },
     /// List model packages, or verify them.
     Models {
@@ -236,6 +253,30 @@ fn parse_click(s: &str) -> Result<Click, String> {
     }
 }
 
+/// `X,Y,Z` or `X,Y,Z,1|0`, in voxels.
+fn parse_click3(s: &str) -> Result<VolumeClick, String> {
+    let v = numbers(s)?;
+    match v[..] {
+        [x, y, z] => Ok(VolumeClick {
+            pos: [x, y, z],
+            positive: true,
+        }),
+        [x, y, z, l] if l == 1.0 || l == 0.0 => Ok(VolumeClick {
+            pos: [x, y, z],
+            positive: l == 1.0,
+        }),
+        _ => Err(format!(
+            "point `{s}` is not X,Y,Z or X,Y,Z,1|0 (a volume model takes voxel coordinates)"
+        )),
+    }
+}
+
+fn parse_spacing(s: &str) -> Result<[f64; 3], String> {
+    numbers(s)?
+        .try_into()
+        .map_err(|_| format!("spacing `{s}` is not X,Y,Z in mm"))
+}
+
 /// `X0,Y0,X1,Y1`.
 fn parse_box(s: &str) -> Result<[f64; 4], String> {
     numbers(s)?
@@ -335,7 +376,12 @@ fn request(args: &PromptArgs, package: &Package) -> anyhow::Result<Request> {
         allow_empty,
         adapter: args.adapter.clone(),
         sam: SamPrompt {
-            clicks: args.points.clone(),
+            clicks: args
+                .points
+                .iter()
+                .map(|p| parse_click(p))
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?,
             bbox: args.bbox,
         },
         all_masks: args.all_masks,
@@ -442,6 +488,7 @@ fn segment(
     prompt: &PromptArgs,
     out: &Path,
     interactive: bool,
+    volume: &VolumeArgs,
 ) -> Result<ExitCode, Fatal> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("{}: cannot create output folder", out.display()))?;
@@ -449,6 +496,9 @@ fn segment(
         return interact(inputs, model_args, out);
     }
     let package = open_package(model_args)?;
+    if package.manifest().family == Family::Sam3d {
+        return segment_volumes(inputs, package, model_args, prompt, volume, out);
+    }
     let request = request(prompt, &package)?;
     let mut model = open_model(model_args, &request)?;
     let mut failed = 0;
@@ -466,6 +516,107 @@ fn segment(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `segment` with a sam3d model: each input is a volume; writes `<stem>_mask.nii.gz` with the
+/// input's affine and `<stem>.json` with the voxel count, volume and timings.
+fn segment_volumes(
+    inputs: &[PathBuf],
+    package: Package,
+    model_args: &ModelArgs,
+    prompt: &PromptArgs,
+    volume: &VolumeArgs,
+    out: &Path,
+) -> Result<ExitCode, Fatal> {
+    if prompt.prompt.is_some()
+        || prompt.attributes.is_some()
+        || prompt.bbox.is_some()
+        || prompt.task.is_some()
+    {
+        return Err(anyhow::anyhow!(
+            "model `{}` is a volume model (sam3d): it takes --point X,Y,Z[,1|0] clicks only",
+            package.name()
+        )
+        .into());
+    }
+    let clicks: Vec<VolumeClick> = prompt
+        .points
+        .iter()
+        .map(|p| parse_click3(p))
+        .collect::<Result<_, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let start = Instant::now();
+    let model = Sam3d::load(package, model_args.precision, model_args.threads.max(1))?;
+    log::info!(
+        "loaded {} in {:.0} ms",
+        model.package().name(),
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    let mut session = model.session()?;
+    let options = LoadOptions {
+        volume_index: volume.volume_index,
+        spacing: volume.spacing,
+    };
+    let mut failed = 0;
+    for path in inputs {
+        let result = (|| -> anyhow::Result<String> {
+            let t0 = Instant::now();
+            let vol = edgeseg::volume::load(path, &options)?;
+            let read_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let (mask, timings) = session.segment(&vol, &clicks)?;
+            let stem = volume_stem(path);
+            let name = format!("{stem}_mask.nii.gz");
+            nifti::write_mask(
+                &out.join(&name),
+                mask.dims,
+                mask.spacing,
+                &mask.affine,
+                &mask.mask,
+            )?;
+            let summary = serde_json::json!({
+                "input": path.display().to_string(),
+                "model": model.package().name(),
+                "precision": model.precision().to_string(),
+                "clicks": clicks.iter().map(|c| [c.pos[0], c.pos[1], c.pos[2], if c.positive { 1.0 } else { 0.0 }]).collect::<Vec<_>>(),
+                "dims": mask.dims,
+                "spacing_mm": mask.spacing,
+                "mask": name,
+                "voxels": mask.voxels,
+                "volume_ml": mask.volume_ml,
+                "timings_ms": { "read": read_ms, "encoder": timings.encoder_ms, "decoder": timings.decoder_ms, "volume": timings.volume_ms, "patches": timings.patches },
+            });
+            let json = serde_json::to_vec_pretty(&summary)?;
+            std::fs::write(out.join(format!("{stem}.json")), json)
+                .with_context(|| format!("{}: cannot write the summary", out.display()))?;
+            Ok(format!("{} voxels, {:.2} mL", mask.voxels, mask.volume_ml))
+        })();
+        match result {
+            Ok(what) => println!("{}: {what} → {}", path.display(), out.display()),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {}", one_line(&e));
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// A file name without `.nii.gz`, `.nii` or any other extension; a folder's name.
+fn volume_stem(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "volume".into());
+    for ext in [".nii.gz", ".nii"] {
+        if let Some(stem) = name.strip_suffix(ext) {
+            return stem.to_string();
+        }
+    }
+    file_stem(path)
 }
 
 /// `segment --interactive`: one SAM encoder run, then a decoder run per stdin line; prints one
@@ -721,7 +872,8 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
             prompt,
             out,
             interactive,
-        } => segment(&inputs, &model, &prompt, &out, interactive),
+            volume,
+        } => segment(&inputs, &model, &prompt, &out, interactive, &volume),
         Command::Models { action } => models(action),
         Command::Prompts { attributes } => {
             for kind in PromptType::all() {

@@ -21,6 +21,10 @@
 //!    mapping for the whole file, so a cine loop does not flicker); MONOCHROME1 is inverted;
 //!    PALETTE COLOR goes through its lookup tables; YBR_FULL and YBR_FULL_422 become RGB.
 //!
+//! For volumes, `load_mono` runs steps 1 to 4 on a monochrome file and returns its modality
+//! values (Rescale Slope/Intercept, no window, no inversion) with Image Position (Patient),
+//! Image Orientation (Patient) (checked: two orthogonal unit vectors) and the pixel spacing.
+//!
 //! Optional display attributes that cannot be used (an unparsable rescale, a window of zero
 //! width, a spacing of zero) are ignored rather than refused. Not applied: VOI LUT Sequences,
 //! rescale and window inside functional groups, segmented palettes, overlays, float pixel data.
@@ -201,6 +205,11 @@ impl Header {
         }
     }
 
+    /// A stored value through Rescale Slope/Intercept.
+    fn modality(&self, stored: i32) -> f64 {
+        f64::from(stored) * self.slope + self.intercept
+    }
+
     fn dims(&self) -> Dims {
         Dims {
             cols: self.cols,
@@ -212,75 +221,162 @@ impl Header {
     }
 }
 
-/// Loads every frame of the DICOM file open in `file`.
-pub(crate) fn load(path: &Path, file: File, file_bytes: u64) -> Result<LoadedInput, InputError> {
+/// A parsed DICOM file whose image attributes passed the checks of steps 1 to 3.
+struct Image {
+    obj: DefaultDicomObject,
+    codec: Codec,
+    header: Header,
+    ts_uid: String,
+}
+
+/// Steps 1 to 3: parses the file open in `file` and checks its image attributes.
+fn open_image(path: &Path, file: File, file_bytes: u64) -> Result<Image, InputError> {
     let (obj, codec) = open(path, file, file_bytes)?;
     let ts_uid = obj.meta().transfer_syntax().to_string();
-
     let header = read_header(path, &obj, codec)?;
     header.dims().check(path)?;
+    Ok(Image {
+        obj,
+        codec,
+        header,
+        ts_uid,
+    })
+}
 
-    let element = match obj.get(tags::PIXEL_DATA) {
-        Some(element) => element,
-        None if obj.get(tags::FLOAT_PIXEL_DATA).is_some()
-            || obj.get(tags::DOUBLE_FLOAT_PIXEL_DATA).is_some() =>
-        {
-            return Err(InputError::UnsupportedPixelFormat {
-                path: path.to_path_buf(),
-                reason: "float pixel data (7FE0,0008/0009) is not converted".to_string(),
-            })
-        }
-        None => {
-            return Err(InputError::MissingAttribute {
-                path: path.to_path_buf(),
-                attribute: "Pixel Data (7FE0,0010)",
-            })
-        }
-    };
-    let (data, layout) = match codec {
-        Codec::Native => {
-            let data = native_pixels(path, element, &header, &ts_uid)?;
-            let layout = Layout {
-                header: &header,
-                color: header.color,
-                planar: header.planar,
-                frame_len: header.native_frame_len(),
-            };
-            (data, layout)
-        }
-        Codec::Rle | Codec::Jpeg => {
-            let data = encapsulated_pixels(path, &obj, element, &header, codec)?;
-            // The JPEG decoder outputs RGB. RLE keeps the colour space, at full resolution
-            // (YBR_FULL_422 is not valid with RLE, but if present its samples are not packed).
-            let color = match (codec, header.color) {
-                (Codec::Jpeg, ColorModel::YbrFull | ColorModel::YbrFull422) => ColorModel::Rgb,
-                (_, ColorModel::YbrFull422) => ColorModel::YbrFull,
-                (_, color) => color,
-            };
-            let layout = Layout {
-                header: &header,
-                color,
-                planar: false,
-                frame_len: header.pixels() * header.samples as usize * header.bytes_per_sample(),
-            };
-            (Cow::Owned(data), layout)
-        }
-    };
+impl Image {
+    /// Step 4: the pixel data of every frame, and how it is laid out.
+    fn pixels(&self, path: &Path) -> Result<(Cow<'_, [u8]>, Layout<'_>), InputError> {
+        let Image {
+            obj,
+            codec,
+            header,
+            ts_uid,
+        } = self;
+        let element = match obj.get(tags::PIXEL_DATA) {
+            Some(element) => element,
+            None if obj.get(tags::FLOAT_PIXEL_DATA).is_some()
+                || obj.get(tags::DOUBLE_FLOAT_PIXEL_DATA).is_some() =>
+            {
+                return Err(InputError::UnsupportedPixelFormat {
+                    path: path.to_path_buf(),
+                    reason: "float pixel data (7FE0,0008/0009) is not converted".to_string(),
+                })
+            }
+            None => {
+                return Err(InputError::MissingAttribute {
+                    path: path.to_path_buf(),
+                    attribute: "Pixel Data (7FE0,0010)",
+                })
+            }
+        };
+        Ok(match codec {
+            Codec::Native => {
+                let data = native_pixels(path, element, header, ts_uid)?;
+                let layout = Layout {
+                    header,
+                    color: header.color,
+                    planar: header.planar,
+                    frame_len: header.native_frame_len(),
+                };
+                (data, layout)
+            }
+            Codec::Rle | Codec::Jpeg => {
+                let data = encapsulated_pixels(path, obj, element, header, *codec)?;
+                // The JPEG decoder outputs RGB. RLE keeps the colour space, at full resolution
+                // (YBR_FULL_422 is not valid with RLE, but if present its samples are not
+                // packed).
+                let color = match (codec, header.color) {
+                    (Codec::Jpeg, ColorModel::YbrFull | ColorModel::YbrFull422) => ColorModel::Rgb,
+                    (_, ColorModel::YbrFull422) => ColorModel::YbrFull,
+                    (_, color) => color,
+                };
+                let layout = Layout {
+                    header,
+                    color,
+                    planar: false,
+                    frame_len: header.pixels()
+                        * header.samples as usize
+                        * header.bytes_per_sample(),
+                };
+                (Cow::Owned(data), layout)
+            }
+        })
+    }
+}
 
-    let spacing = spacing(&obj);
+/// Loads every frame of the DICOM file open in `file`.
+pub(crate) fn load(path: &Path, file: File, file_bytes: u64) -> Result<LoadedInput, InputError> {
+    let image = open_image(path, file, file_bytes)?;
+    let (data, layout) = image.pixels(path)?;
+    let spacing = spacing(&image.obj);
     let frames = layout
-        .to_frames(path, &obj, &data)?
+        .to_frames(path, &image.obj, &data)?
         .into_iter()
         .map(|f| f.with_spacing(spacing))
         .collect();
     Ok(LoadedInput {
         frames,
         kind: InputKind::Dicom {
-            transfer_syntax: ts_uid,
-            photometric: header.photometric.clone(),
-            frame_count: header.frames,
-            frame_time_ms: frame_time_ms(&obj),
+            transfer_syntax: image.ts_uid.clone(),
+            photometric: image.header.photometric.clone(),
+            frame_count: image.header.frames,
+            frame_time_ms: frame_time_ms(&image.obj),
         },
+    })
+}
+
+/// A monochrome DICOM image as modality values, with the patient geometry a volume needs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MonoImage {
+    pub(crate) cols: u32,
+    pub(crate) rows: u32,
+    pub(crate) frames: u32,
+    /// Stored values through Rescale Slope/Intercept (MONOCHROME1 is not inverted: that is
+    /// presentation), row-major, frame after frame.
+    pub(crate) values: Vec<f32>,
+    /// Image Position (Patient): the centre of the first transmitted pixel, in mm (LPS).
+    pub(crate) position: [f64; 3],
+    /// Image Orientation (Patient): the unit direction of a row (increasing column) and of a
+    /// column (increasing row), orthogonalised.
+    pub(crate) orientation: [[f64; 3]; 2],
+    /// Pixel spacing, with the fallbacks of [`spacing`].
+    pub(crate) spacing: PixelSpacing,
+}
+
+/// Loads the DICOM file open in `file` as monochrome modality values with its geometry.
+/// Colour images and files without position, orientation or pixel spacing are refused.
+pub(crate) fn load_mono(path: &Path, file: File, file_bytes: u64) -> Result<MonoImage, InputError> {
+    let image = open_image(path, file, file_bytes)?;
+    let header = &image.header;
+    if !matches!(header.color, ColorModel::Mono { .. }) {
+        return Err(InputError::InvalidAttribute {
+            path: path.to_path_buf(),
+            attribute: "Photometric Interpretation (0028,0004)",
+            value: format!("{:?}", header.photometric),
+            expected: "MONOCHROME1 or MONOCHROME2 for a volume slice",
+        });
+    }
+    let position = floats::<3>(
+        path,
+        &image.obj,
+        tags::IMAGE_POSITION_PATIENT,
+        "Image Position (Patient) (0020,0032)",
+        "3 finite numbers",
+    )?;
+    let orientation = orientation(path, &image.obj)?;
+    let spacing = spacing(&image.obj).ok_or_else(|| InputError::MissingAttribute {
+        path: path.to_path_buf(),
+        attribute: "Pixel Spacing (0028,0030)",
+    })?;
+    let (data, layout) = image.pixels(path)?;
+    Ok(MonoImage {
+        cols: header.cols,
+        rows: header.rows,
+        frames: header.frames,
+        values: layout.modality_values(&data),
+        position,
+        orientation,
+        spacing,
     })
 }
 
@@ -705,6 +801,70 @@ fn ultrasound_spacing(obj: &InMemDicomObject) -> Option<PixelSpacing> {
 
 fn positive(v: f64) -> bool {
     v.is_finite() && v > 0.0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Patient geometry
+// ---------------------------------------------------------------------------------------------
+
+/// A required attribute of exactly `N` finite decimal values (`expected` says so in errors).
+fn floats<const N: usize>(
+    path: &Path,
+    obj: &InMemDicomObject,
+    tag: Tag,
+    attribute: &'static str,
+    expected: &'static str,
+) -> Result<[f64; N], InputError> {
+    let element = obj.get(tag).ok_or_else(|| InputError::MissingAttribute {
+        path: path.to_path_buf(),
+        attribute,
+    })?;
+    element
+        .to_multi_float64()
+        .ok()
+        .and_then(|values| <[f64; N]>::try_from(values).ok())
+        .filter(|values| values.iter().all(|v| v.is_finite()))
+        .ok_or_else(|| InputError::InvalidAttribute {
+            path: path.to_path_buf(),
+            attribute,
+            value: shown(element),
+            expected,
+        })
+}
+
+/// Image Orientation (Patient): two unit vectors (within 1e-3) at right angles (cosine within
+/// 1e-3), returned normalised and exactly orthogonal.
+fn orientation(path: &Path, obj: &InMemDicomObject) -> Result<[[f64; 3]; 2], InputError> {
+    const ATTRIBUTE: &str = "Image Orientation (Patient) (0020,0037)";
+    const TOLERANCE: f64 = 1e-3;
+    let [rx, ry, rz, cx, cy, cz] = floats::<6>(
+        path,
+        obj,
+        tags::IMAGE_ORIENTATION_PATIENT,
+        ATTRIBUTE,
+        "6 finite numbers",
+    )?;
+    let (row, col) = ([rx, ry, rz], [cx, cy, cz]);
+    let dot = |a: [f64; 3], b: [f64; 3]| a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+    let unit = |v: [f64; 3]| (dot(v, v).sqrt() - 1.0).abs() <= TOLERANCE;
+    if !unit(row) || !unit(col) || dot(row, col).abs() > TOLERANCE {
+        return Err(InputError::InvalidAttribute {
+            path: path.to_path_buf(),
+            attribute: ATTRIBUTE,
+            value: format!("{rx}\\{ry}\\{rz}\\{cx}\\{cy}\\{cz}"),
+            expected: "two orthogonal unit vectors",
+        });
+    }
+    let scale = |v: [f64; 3], k: f64| [v[0] * k, v[1] * k, v[2] * k];
+    let row = scale(row, 1.0 / dot(row, row).sqrt());
+    let along = dot(col, row);
+    let col = [
+        col[0] - along * row[0],
+        col[1] - along * row[1],
+        col[2] - along * row[2],
+    ];
+    let col = scale(col, 1.0 / dot(col, col).sqrt());
+    Ok([row, col])
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ impl ImageKind {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ImageKind::Png => "PNG",
             ImageKind::Jpeg => "JPEG",

@@ -7,6 +7,9 @@
 //!   converted to RGB8.
 //! - `dicom`: every frame of a single- or multi-frame file, through dicom-rs.
 //!
+//! `load_mono_dicom` reads a monochrome DICOM file through the same checks as modality values
+//! with its patient geometry, for the DICOM series of [`crate::volume`].
+//!
 //! Invariant: bad input is an [`InputError`] that names the file and the problem with its
 //! values, never a panic. Sizes are checked before anything is decoded or allocated: each side
 //! against [`MAX_SIDE`], the stored and the decoded RGB8 bytes of all frames against 1 GiB,
@@ -14,6 +17,8 @@
 
 mod dicom;
 mod image;
+
+pub(crate) use dicom::MonoImage;
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -261,6 +266,33 @@ pub enum InputKind {
 /// DICOM files are recognised by `DICM` at offset 128; PNG, JPEG and BMP by their signatures.
 /// A DICOM file without the 128-byte preamble and meta group is not recognised.
 pub fn load(path: &Path) -> Result<LoadedInput, InputError> {
+    let (file, file_bytes, format) = open(path)?;
+    match format {
+        Sniffed::Dicom => dicom::load(path, file, file_bytes),
+        Sniffed::Image(format) => {
+            let frame = image::load(path, file, format)?;
+            Ok(LoadedInput {
+                frames: vec![frame],
+                kind: InputKind::Image,
+            })
+        }
+    }
+}
+
+/// Reads a DICOM file as monochrome modality values with its patient geometry, through the
+/// same checks as [`load`]; a volume is built from such slices.
+pub(crate) fn load_mono_dicom(path: &Path) -> Result<MonoImage, InputError> {
+    match open(path)? {
+        (file, file_bytes, Sniffed::Dicom) => dicom::load_mono(path, file, file_bytes),
+        (_, _, Sniffed::Image(kind)) => Err(InputError::Dicom {
+            path: path.to_path_buf(),
+            reason: format!("the file is a {} image, not DICOM", kind.name()),
+        }),
+    }
+}
+
+/// Opens a file, checks its size, and sniffs its format; the file is left at its start.
+fn open(path: &Path) -> Result<(File, u64, Sniffed), InputError> {
     let io_err = |source| InputError::Io {
         path: path.to_path_buf(),
         source,
@@ -287,26 +319,17 @@ pub fn load(path: &Path) -> Result<LoadedInput, InputError> {
         head: hex_head(head),
     })?;
     file.seek(SeekFrom::Start(0)).map_err(io_err)?;
-    match format {
-        Sniffed::Dicom => dicom::load(path, file, file_bytes),
-        Sniffed::Image(format) => {
-            let frame = image::load(path, file, format)?;
-            Ok(LoadedInput {
-                frames: vec![frame],
-                kind: InputKind::Image,
-            })
-        }
-    }
+    Ok((file, file_bytes, format))
 }
 
 /// What the first bytes of a file say it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sniffed {
+pub(crate) enum Sniffed {
     Dicom,
     Image(image::ImageKind),
 }
 
-fn sniff(head: &[u8]) -> Option<Sniffed> {
+pub(crate) fn sniff(head: &[u8]) -> Option<Sniffed> {
     if head.get(128..132) == Some(b"DICM") {
         Some(Sniffed::Dicom)
     } else {
@@ -319,12 +342,14 @@ fn hex_head(head: &[u8]) -> String {
     shown.join(" ")
 }
 
-/// Fills as much of `buf` as the reader holds; returns how many bytes were read.
-fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+/// Fills as much of `buf` as the reader holds; returns how many bytes were read. A stream that
+/// stops early (a cut gzip stream reports `UnexpectedEof`) ends the read like the end of a file.
+pub(crate) fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {
             Ok(0) => break,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

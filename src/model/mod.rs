@@ -2,7 +2,7 @@
 //! [`package`] (finding, hashing and checking packages), [`engine`] (tract: load, check the
 //! graph contract, optimise, run) and the families built on them: [`vlsm`] (text prompts,
 //! with task adapters), [`sam`] (clicks and boxes), [`dense`] (plain and
-//! task/modality-conditioned).
+//! task/modality-conditioned), [`sam3d`] (volumes and 3D clicks).
 
 pub mod dense;
 pub mod engine;
@@ -10,6 +10,7 @@ pub mod frame_model;
 pub mod manifest;
 pub mod package;
 pub mod sam;
+pub mod sam3d;
 pub mod vlsm;
 
 use std::fmt;
@@ -26,6 +27,7 @@ pub use frame_model::{FrameModel, Request, Segmented};
 pub use manifest::{DType, Family, GraphSpec, Manifest, TensorSpec};
 pub use package::Package;
 pub use sam::{Click, Sam, SamPrompt, SamResult, SamSession};
+pub use sam3d::{Sam3d, Sam3dSession, VolumeTimings};
 pub use vlsm::{FrameResult, Vlsm, VlsmSession};
 
 /// Milliseconds since `start`.

@@ -75,12 +75,22 @@ impl Layout<'_> {
         })
     }
 
+    /// Every frame's samples through Rescale Slope/Intercept, frame after frame.
+    pub(super) fn modality_values(&self, data: &[u8]) -> Vec<f32> {
+        let h = self.header;
+        data.chunks_exact(self.frame_len)
+            .take(h.frames as usize)
+            .flat_map(|f| Samples::new(h, f))
+            .map(|v| h.modality(v) as f32)
+            .collect()
+    }
+
     /// Lookup table from stored value (minus [`sample_offset`]) to display gray.
     fn mono_lut(&self, data: &[u8], invert: bool) -> Vec<u8> {
         let h = self.header;
         let offset = sample_offset(h);
         let size = 1usize << h.bits_stored;
-        let modality = |v: i32| f64::from(v) * h.slope + h.intercept;
+        let modality = |v: i32| h.modality(v);
         let identity = !h.signed && h.bits_stored == 8 && h.slope == 1.0 && h.intercept == 0.0;
         let map: Box<dyn Fn(i32) -> f64> = if let Some(window) = h.window {
             Box::new(move |v| window.apply(modality(v)))
