@@ -4,7 +4,10 @@
 //! - sam: one foreground click at the most interior pixel of the reference mask (the pixel
 //!   farthest from its boundary, as interactive-segmentation benchmarks place a first click);
 //! - conditioned: the sample's class as the task and its modality as the modality;
-//! - plain: the pixels labelled with the sample's class (multi-class models), or the mask.
+//! - plain: the pixels labelled with the sample's class (multi-class models), or the mask;
+//! - sam3d ([`evaluate_volumes`]): a folder of volumes whose `samples.jsonl` lines are
+//!   `{"volume": …, "mask": …, "points": [[x, y, z], …]}` (input voxel coordinates; no points
+//!   means the sliding window), scored by Dice per volume.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,6 +24,19 @@ use crate::prompt::{PromptError, PromptType};
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum EvalError {
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
+    #[error("{volume}: {source}")]
+    VolumeModel {
+        volume: String,
+        source: crate::volume::segment::SegmentError,
+    },
+    #[error("{path}: line {line}: {message}")]
+    VolumeIndex {
+        path: String,
+        line: usize,
+        message: String,
+    },
     #[error(transparent)]
     Dataset(#[from] DatasetError),
     #[error(transparent)]
@@ -279,6 +295,95 @@ pub fn interior_point(mask: &Mask) -> Option<(u32, u32)> {
     }
     let (i, &best) = d.iter().enumerate().rev().max_by_key(|(_, &v)| v)?;
     (best > 0).then(|| ((i % w) as u32, (i / w) as u32))
+}
+
+/// One line of a volume folder's `samples.jsonl`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeSample {
+    volume: String,
+    mask: String,
+    #[serde(default)]
+    points: Vec<[f64; 3]>,
+}
+
+/// Scores every volume of `dir` (see the module docs) with a sam3d model: Dice and IoU of the
+/// mask on the volume's own grid, one group per volume file.
+pub fn evaluate_volumes(
+    model: &mut crate::model::Sam3dSession,
+    dir: &Path,
+) -> Result<Vec<SampleScore>, EvalError> {
+    use crate::volume::segment::Click as VolumeClick;
+    use crate::volume::{self, LoadOptions};
+    let index = dir.join(dataset::INDEX);
+    let text = std::fs::read_to_string(&index).map_err(|e| EvalError::VolumeIndex {
+        path: index.display().to_string(),
+        line: 0,
+        message: e.to_string(),
+    })?;
+    let mut scores = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let sample: VolumeSample =
+            serde_json::from_str(line).map_err(|e| EvalError::VolumeIndex {
+                path: index.display().to_string(),
+                line: n + 1,
+                message: e.to_string(),
+            })?;
+        let options = LoadOptions::default();
+        let vol = volume::load(&dir.join(&sample.volume), &options)?;
+        let truth = volume::load(&dir.join(&sample.mask), &options)?;
+        let clicks: Vec<VolumeClick> = sample
+            .points
+            .iter()
+            .map(|&pos| VolumeClick {
+                pos,
+                positive: true,
+            })
+            .collect();
+        let (predicted, _) =
+            model
+                .segment(&vol, &clicks)
+                .map_err(|source| EvalError::VolumeModel {
+                    volume: sample.volume.clone(),
+                    source,
+                })?;
+        if truth.dims() != predicted.dims {
+            return Err(EvalError::Sample {
+                image: sample.mask.clone(),
+                what: format!(
+                    "mask is {:?} voxels, the volume {:?}",
+                    truth.dims(),
+                    predicted.dims
+                ),
+            });
+        }
+        let (mut both, mut a, mut b) = (0usize, 0usize, 0usize);
+        for (&p, &t) in predicted.mask.iter().zip(truth.data()) {
+            let (p, t) = (p > 0, t > 0.5);
+            both += usize::from(p && t);
+            a += usize::from(p);
+            b += usize::from(t);
+        }
+        let ratio = |num: usize, den: usize| {
+            if den == 0 {
+                1.0
+            } else {
+                num as f64 / den as f64
+            }
+        };
+        scores.push(SampleScore {
+            image: sample.volume.clone(),
+            class: sample.volume.clone(),
+            prompt: format!("{} click(s)", clicks.len()),
+            dice: ratio(2 * both, a + b),
+            iou: ratio(both, a + b - both),
+        });
+    }
+    Ok(scores)
 }
 
 /// Means per class, then over all samples (group `all`).

@@ -750,6 +750,18 @@ fn evaluate(
     scores_path: Option<&Path>,
 ) -> Result<ExitCode, Fatal> {
     let package = open_package(model_args)?;
+    if package.manifest().family == Family::Sam3d {
+        let model = Sam3d::load(package, model_args.precision, model_args.threads.max(1))?;
+        let scores = eval::evaluate_volumes(&mut model.session()?, data)?;
+        return report_scores(
+            model.package().name(),
+            model_args,
+            data,
+            prompt_type,
+            &scores,
+            scores_path,
+        );
+    }
     let options = eval::Options {
         precision: model_args.precision,
         threads: model_args.threads.max(1),
@@ -757,6 +769,25 @@ fn evaluate(
         adapter,
     };
     let scores = eval::evaluate(&package, data, &options)?;
+    report_scores(
+        package.name(),
+        model_args,
+        data,
+        prompt_type,
+        &scores,
+        scores_path,
+    )
+}
+
+/// Prints the score table and writes per-sample scores when asked.
+fn report_scores(
+    name: &str,
+    model_args: &ModelArgs,
+    data: &Path,
+    prompt_type: Option<PromptType>,
+    scores: &[eval::SampleScore],
+    scores_path: Option<&Path>,
+) -> Result<ExitCode, Fatal> {
     if let Some(path) = scores_path {
         let lines: Vec<String> = scores
             .iter()
@@ -767,7 +798,7 @@ fn evaluate(
     }
     println!(
         "model {} ({}), data {}, prompt type {}",
-        package.name(),
+        name,
         model_args.precision,
         data.display(),
         prompt_type
@@ -778,7 +809,7 @@ fn evaluate(
         "{:<10} {:>8} {:>8} {:>8}",
         "class", "samples", "dice", "iou"
     );
-    for g in eval::summarize(&scores) {
+    for g in eval::summarize(scores) {
         println!(
             "{:<10} {:>8} {:>8.4} {:>8.4}",
             g.group, g.samples, g.dice, g.iou
