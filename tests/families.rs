@@ -1,0 +1,298 @@
+//! Every model family through the command line on real models and real inputs: what a user
+//! gets (masks that cover the target, label maps, NIfTI masks with volumes, adapter switches)
+//! and what a mistake gets (one error line naming the problem, never a panic).
+//!
+//! Quality floors here are loose on purpose (the demo models' held-out scores are in their
+//! manifests); they catch a runtime that maps clicks, classes or voxels to the wrong place.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use edgeseg::eval::read_mask;
+use edgeseg::postprocess::dice;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn edgeseg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edgeseg"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("edgeseg runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("edgeseg-fam-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Asserts exit code `code`, no panic, and one error line containing every needle.
+fn check_failure(out: &Output, code: i32, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line, got: {err}");
+    for n in needles {
+        assert!(errors[0].contains(n), "`{}` lacks `{n}`", errors[0]);
+    }
+}
+
+/// Held-out phantoms (a seed no model was trained on) with their masks and samples.jsonl.
+fn phantoms(name: &str, count: usize) -> PathBuf {
+    let dir = scratch(name).join("data");
+    edgeseg::phantom::write_dataset(&dir, count, 256, 256, 999).unwrap();
+    dir
+}
+
+fn summary(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn conditioned_model_follows_the_task_and_names_unknown_ones() {
+    let data = phantoms("cond", 2);
+    let out_dir = scratch("cond-out");
+    let out = edgeseg(&[
+        "segment",
+        "--model",
+        "models/unet-conditioned-phantom",
+        "--task",
+        "lesion",
+        "--modality",
+        "US",
+        "--out",
+        out_dir.to_str().unwrap(),
+        data.join("us_0000.png").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let predicted = read_mask(&out_dir.join("us_0000_mask.png")).unwrap();
+    let truth = read_mask(&data.join("us_0000_lesion.png")).unwrap();
+    let d = dice(&predicted, &truth).unwrap();
+    assert!(d > 0.6, "lesion Dice {d}");
+    assert_eq!(
+        summary(&out_dir.join("us_0000.json"))["prompt"],
+        "lesion (US)"
+    );
+
+    let out = edgeseg(&[
+        "segment",
+        "--model",
+        "models/unet-conditioned-phantom",
+        "--task",
+        "tumour",
+        "--modality",
+        "US",
+        data.join("us_0000.png").to_str().unwrap(),
+    ]);
+    check_failure(
+        &out,
+        2,
+        &["unknown task `tumour`", "lesion, polyp, tool, vessel"],
+    );
+    let out = edgeseg(&[
+        "segment",
+        "--model",
+        "models/unet-conditioned-phantom",
+        "--task",
+        "lesion",
+        data.join("us_0000.png").to_str().unwrap(),
+    ]);
+    check_failure(&out, 2, &["needs --modality"]);
+}
+
+#[test]
+fn plain_model_writes_a_label_map_with_class_areas() {
+    let data = phantoms("plain", 2);
+    let out_dir = scratch("plain-out");
+    let out = edgeseg(&[
+        "segment",
+        "--model",
+        "models/unet-plain-phantom",
+        "--out",
+        out_dir.to_str().unwrap(),
+        data.join("us_0000.png").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = summary(&out_dir.join("us_0000.json"));
+    let frame = &s["frames"][0];
+    let areas = &frame["class_areas"];
+    let total: u64 = ["background", "lesion", "vessel"]
+        .iter()
+        .map(|c| areas[c].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(total, 256 * 256, "{areas}");
+    // The label map's lesion pixels are where the phantom's lesion is.
+    let labels = image::open(out_dir.join(frame["label_map"].as_str().unwrap()))
+        .unwrap()
+        .to_luma8();
+    let lesion: Vec<bool> = labels.pixels().map(|p| p.0[0] == 1).collect();
+    let predicted = edgeseg::frame::Mask::new(256, 256, lesion).unwrap();
+    let truth = read_mask(&data.join("us_0000_lesion.png")).unwrap();
+    let d = dice(&predicted, &truth).unwrap();
+    assert!(d > 0.6, "lesion Dice {d}");
+
+    let out = edgeseg(&[
+        "segment",
+        "--model",
+        "models/unet-plain-phantom",
+        "--prompt",
+        "lesion",
+        data.join("us_0000.png").to_str().unwrap(),
+    ]);
+    check_failure(&out, 2, &["family `plain`", "takes no text prompt"]);
+}
+
+/// The ultrasound samples of a phantom folder, copied to their own folder (the plain model
+/// knows only ultrasound classes; eval refuses a class the model lacks).
+fn ultrasound_only(data: &Path) -> PathBuf {
+    let dir = data.parent().unwrap().join("us");
+    fs::create_dir_all(&dir).unwrap();
+    let index = fs::read_to_string(data.join("samples.jsonl")).unwrap();
+    let mut kept = String::new();
+    for line in index.lines().filter(|l| l.contains("\"ultrasound\"")) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for key in ["image", "mask"] {
+            let f = v[key].as_str().unwrap();
+            fs::copy(data.join(f), dir.join(f)).unwrap();
+        }
+        kept += line;
+        kept.push('\n');
+    }
+    fs::write(dir.join("samples.jsonl"), kept).unwrap();
+    dir
+}
+
+#[test]
+fn eval_scores_the_image_families_on_held_out_phantoms() {
+    let data = phantoms("eval", 4);
+    let us = ultrasound_only(&data);
+    for (model, data, floor) in [
+        ("models/unet-conditioned-phantom", &data, 0.6),
+        ("models/unet-plain-phantom", &us, 0.5),
+    ] {
+        let out = edgeseg(&["eval", "--model", model, "--data", data.to_str().unwrap()]);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{t}");
+        let all: f64 = t
+            .lines()
+            .find(|l| l.starts_with("all "))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no `all` row: {t}"));
+        assert!(all > floor, "{model}: mean Dice {all}\n{t}");
+    }
+    let out = edgeseg(&[
+        "eval",
+        "--model",
+        "models/unet-plain-phantom",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    check_failure(&out, 2, &["class `polyp` is not one of the model's labels"]);
+}
+
+#[test]
+fn adapters_switch_the_task_without_reloading_and_unknown_ones_are_named() {
+    use edgeseg::model::{FrameModel, Package, Precision, Request};
+    let package = Package::open(&root().join("models/clipseg-phantom-adapters")).unwrap();
+    let request = Request {
+        prompt: Some("round lesion".into()),
+        ..Request::default()
+    };
+    let mut model = FrameModel::open(package, Precision::F32, 1, &request).unwrap();
+    let frame = edgeseg::phantom::generate(edgeseg::phantom::Modality::Ultrasound, 128, 128, 7)
+        .unwrap()
+        .frame;
+    let names: Vec<String> = {
+        let m = model.package().manifest();
+        m.adapters.iter().map(|a| a.name.clone()).collect()
+    };
+    assert!(names.len() >= 2, "{names:?}");
+    let mut probabilities = Vec::new();
+    for name in &names {
+        model.set_adapter(name).unwrap();
+        assert!(model.label().ends_with(&format!("[{name}]")));
+        let seg = model.segment(&frame).unwrap();
+        probabilities.push(seg.best().segmentation.probability.clone());
+    }
+    let diff = probabilities[0]
+        .iter()
+        .zip(&probabilities[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff > 1e-3, "two adapters gave the same output");
+    // Back to the first: the same output as before, bit for bit.
+    model.set_adapter(&names[0]).unwrap();
+    assert_eq!(
+        model
+            .segment(&frame)
+            .unwrap()
+            .best()
+            .segmentation
+            .probability,
+        probabilities[0]
+    );
+    let err = model.set_adapter("nope").unwrap_err().to_string();
+    assert!(
+        err.contains("unknown adapter `nope`") && err.contains(&names[1]),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_switches_adapters_from_a_control_file() {
+    let dir = scratch("adapter-run");
+    let control = dir.join("control");
+    let names: Vec<String> = {
+        let p =
+            edgeseg::model::Package::open(&root().join("models/clipseg-phantom-adapters")).unwrap();
+        p.manifest()
+            .adapters
+            .iter()
+            .map(|a| a.name.clone())
+            .collect()
+    };
+    fs::write(&control, format!("adapter {}\nadapter nope\n", names[1])).unwrap();
+    let summary_path = dir.join("summary.json");
+    let out = edgeseg(&[
+        "run",
+        "--model",
+        "models/clipseg-phantom-adapters",
+        "--prompt",
+        "round lesion",
+        "--control",
+        control.to_str().unwrap(),
+        "--display",
+        "none",
+        "--serial",
+        "none",
+        "--frames",
+        "20",
+        "--summary",
+        summary_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = summary(&summary_path);
+    let switches = s["adapter_switches"].as_array().unwrap();
+    assert_eq!(switches.len(), 2, "{s}");
+    assert_eq!(switches[0]["adapter"], names[1].as_str());
+    assert!(switches[0]["error"].is_null());
+    assert!(switches[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("unknown adapter"));
+}
