@@ -344,6 +344,9 @@ fn stop_ends_a_paced_run_promptly_and_flushes_the_sinks() {
     let mut config = SourceConfig::from_spec("phantom").unwrap();
     config.fps = Some(5.0);
     let (slot, seen) = recorder(Duration::ZERO, 8);
+    // Open the source and load the model first: on a loaded machine they take longer than
+    // the time the run is given.
+    let (source, stages) = (source::open(&config).unwrap(), stages(Box::new(model())));
     let stopper = {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
@@ -353,8 +356,8 @@ fn stop_ends_a_paced_run_promptly_and_flushes_the_sinks() {
     };
     let started = std::time::Instant::now();
     let report = live::run(
-        source::open(&config).unwrap(),
-        stages(Box::new(model())),
+        source,
+        stages,
         vec![slot],
         Limits::default(),
         Arc::clone(&stop),

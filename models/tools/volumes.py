@@ -8,11 +8,11 @@ side, isotropic or anisotropic (e.g. 0.8 x 0.8 x 2.0 mm), holding
   - 0..2 tubular vessels: curved tubes (quadratic Bezier + a wiggle), radius 1.5..4 mm, crossing
     the block from one face to the opposite one, kept clear of the lesions;
 in one of two backgrounds:
-  - "CT": soft tissue 20..60 HU, smooth bias +-10..30 HU, Gaussian noise 6..18 HU (slightly
-    correlated); lesions -15..-70 HU (hypodense) or +40..+110 HU (hyperdense) from the tissue,
+  - "CT": soft tissue 20..60 HU, smooth bias +-10..30 HU, Gaussian noise 5..14 HU (slightly
+    correlated); lesions -25..-70 HU (hypodense) or +40..+110 HU (hyperdense) from the tissue,
     vessels enhanced +120..+250 HU. Values in HU.
   - "US": ultrasound-like B-mode values 0..255: echogenicity (background 1, hypoechoic lesions
-    0.15..0.4, hyperechoic 1.8..3.0, anechoic vessels 0.02..0.08) times multiplicative speckle
+    0.15..0.4, hyperechoic 2.2..3.5, anechoic vessels 0.02..0.08) times multiplicative speckle
     (magnitude of a laterally correlated complex Gaussian field: Rayleigh, mean 1) times a depth
     attenuation and smooth bias, log-compressed (dynamic range 40..55 dB, random gain) to 0..255.
 Arrays are indexed [i, j, k] = [x, y, z] (nibabel's order); voxel centres sit at index * spacing in
@@ -36,7 +36,8 @@ Command line:
       writes the committed volume fixtures (good files, bad files, eval/ set, expected.json,
       fixtures.md; see `write_fixtures`)
   python volumes.py dataset --out DIR --count N --seed S
-      writes N volumes as DIR/vNNN.nii.gz (+ _lesions / _vessels masks) and DIR/volumes.jsonl
+      writes N volumes as DIR/vNNN.nii.gz (+ vNNN_lesions.nii.gz instance labels, vNNN_vessels.nii.gz
+      mask) and DIR/volumes.jsonl (file names, seed, dims, spacing, objects, voxel counts, mL)
   python volumes.py show --seed S          prints one volume's description
 
 Needs numpy, nibabel, pydicom, pillow. Deterministic; offline.
@@ -297,7 +298,7 @@ def make_volume(seed: int, modality: str | None = None, shape=None, spacing=None
         texture = smooth(rng.normal(size=shape), [2.0 / s for s in spacing])
         texture /= max(texture.std(), 1e-6)
         for w, bright, u in lesion_w:
-            delta = rng.uniform(40, 110) if bright else -rng.uniform(15, 70)
+            delta = rng.uniform(40, 110) if bright else -rng.uniform(25, 70)
             img = img + w * delta * (1.0 + 0.12 * texture)
         for d, radius, u in vessel_d:
             wv = 1.0 / (1.0 + np.exp(-np.clip((radius - d) / 0.5, -30, 30)))
@@ -305,11 +306,11 @@ def make_volume(seed: int, modality: str | None = None, shape=None, spacing=None
         noise = rng.normal(size=shape)
         noise = smooth(noise, [0.6, 0.6, 0.3])
         noise /= noise.std()
-        img = img + noise * rng.uniform(6, 18)
+        img = img + noise * rng.uniform(5, 14)
     else:
         echo = np.ones(shape)
         for w, bright, u in lesion_w:
-            level = rng.uniform(1.8, 3.0) if bright else rng.uniform(0.15, 0.4)
+            level = rng.uniform(2.2, 3.5) if bright else rng.uniform(0.15, 0.4)
             echo = echo * (1 - w) + w * level
         for d, radius, u in vessel_d:
             wv = 1.0 / (1.0 + np.exp(-np.clip((radius - d) / 0.5, -30, 30)))
@@ -782,8 +783,8 @@ def write_dataset(out: Path, count: int, seed: int):
             write_nifti(out / f"{name}.nii.gz", v.data, v.affine, "int16", slope=0.25, inter=0.0)
         write_nifti(out / f"{name}_lesions.nii.gz", v.lesions.astype(np.float32), v.affine, "int16")
         write_nifti(out / f"{name}_vessels.nii.gz", (v.vessels > 0).astype(np.float32), v.affine, "uint8")
-        lines.append({"volume": f"{name}.nii.gz", "lesions": f"{name}_lesions.nii.gz",
-                      "vessels": f"{name}_vessels.nii.gz", **v.describe()})
+        lines.append({"volume": f"{name}.nii.gz", "lesion_labels": f"{name}_lesions.nii.gz",
+                      "vessel_mask": f"{name}_vessels.nii.gz", "seed": seed * 100003 + n, **v.describe()})
     (out / "volumes.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
     print(f"wrote {count} volumes to {out}")
 
