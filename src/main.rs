@@ -501,21 +501,33 @@ fn segment(
     }
     let request = request(prompt, &package)?;
     let mut model = open_model(model_args, &request)?;
+    Ok(each_input(inputs, out, |path| {
+        Ok(format!("{} frame(s)", segment_file(&mut model, path, out)?))
+    }))
+}
+
+/// Runs `each` on every input and prints what it made, or its error in one line; the other
+/// inputs still run. Exit code 1 when any failed.
+fn each_input(
+    inputs: &[PathBuf],
+    out: &Path,
+    mut each: impl FnMut(&Path) -> anyhow::Result<String>,
+) -> ExitCode {
     let mut failed = 0;
     for path in inputs {
-        match segment_file(&mut model, path, out) {
-            Ok(n) => println!("{}: {n} frame(s) → {}", path.display(), out.display()),
+        match each(path) {
+            Ok(what) => println!("{}: {what} → {}", path.display(), out.display()),
             Err(e) => {
                 failed += 1;
                 eprintln!("error: {}", one_line(&e));
             }
         }
     }
-    Ok(if failed == 0 {
+    if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    })
+    }
 }
 
 /// `segment` with a sam3d model: each input is a volume; writes `<stem>_mask.nii.gz` with the
@@ -557,52 +569,37 @@ fn segment_volumes(
         volume_index: volume.volume_index,
         spacing: volume.spacing,
     };
-    let mut failed = 0;
-    for path in inputs {
-        let result = (|| -> anyhow::Result<String> {
-            let t0 = Instant::now();
-            let vol = edgeseg::volume::load(path, &options)?;
-            let read_ms = t0.elapsed().as_secs_f64() * 1e3;
-            let (mask, timings) = session.segment(&vol, &clicks)?;
-            let stem = volume_stem(path);
-            let name = format!("{stem}_mask.nii.gz");
-            nifti::write_mask(
-                &out.join(&name),
-                mask.dims,
-                mask.spacing,
-                &mask.affine,
-                &mask.mask,
-            )?;
-            let summary = serde_json::json!({
-                "input": path.display().to_string(),
-                "model": model.package().name(),
-                "precision": model.precision().to_string(),
-                "clicks": clicks.iter().map(|c| [c.pos[0], c.pos[1], c.pos[2], if c.positive { 1.0 } else { 0.0 }]).collect::<Vec<_>>(),
-                "dims": mask.dims,
-                "spacing_mm": mask.spacing,
-                "mask": name,
-                "voxels": mask.voxels,
-                "volume_ml": mask.volume_ml,
-                "timings_ms": { "read": read_ms, "encoder": timings.encoder_ms, "decoder": timings.decoder_ms, "volume": timings.volume_ms, "patches": timings.patches },
-            });
-            let json = serde_json::to_vec_pretty(&summary)?;
-            std::fs::write(out.join(format!("{stem}.json")), json)
-                .with_context(|| format!("{}: cannot write the summary", out.display()))?;
-            Ok(format!("{} voxels, {:.2} mL", mask.voxels, mask.volume_ml))
-        })();
-        match result {
-            Ok(what) => println!("{}: {what} → {}", path.display(), out.display()),
-            Err(e) => {
-                failed += 1;
-                eprintln!("error: {}", one_line(&e));
-            }
-        }
-    }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(each_input(inputs, out, |path| {
+        let t0 = Instant::now();
+        let vol = edgeseg::volume::load(path, &options)?;
+        let read_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let (mask, timings) = session.segment(&vol, &clicks)?;
+        let stem = volume_stem(path);
+        let name = format!("{stem}_mask.nii.gz");
+        nifti::write_mask(
+            &out.join(&name),
+            mask.dims,
+            mask.spacing,
+            &mask.affine,
+            &mask.mask,
+        )?;
+        let summary = serde_json::json!({
+            "input": path.display().to_string(),
+            "model": model.package().name(),
+            "precision": model.precision().to_string(),
+            "clicks": clicks.iter().map(|c| [c.pos[0], c.pos[1], c.pos[2], if c.positive { 1.0 } else { 0.0 }]).collect::<Vec<_>>(),
+            "dims": mask.dims,
+            "spacing_mm": mask.spacing,
+            "mask": name,
+            "voxels": mask.voxels,
+            "volume_ml": mask.volume_ml,
+            "timings_ms": { "read": read_ms, "encoder": timings.encoder_ms, "decoder": timings.decoder_ms, "volume": timings.volume_ms, "patches": timings.patches },
+        });
+        let json = serde_json::to_vec_pretty(&summary)?;
+        std::fs::write(out.join(format!("{stem}.json")), json)
+            .with_context(|| format!("{}: cannot write the summary", out.display()))?;
+        Ok(format!("{} voxels, {:.2} mL", mask.voxels, mask.volume_ml))
+    }))
 }
 
 /// A file name without `.nii.gz`, `.nii` or any other extension; a folder's name.
