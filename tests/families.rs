@@ -296,3 +296,138 @@ fn run_switches_adapters_from_a_control_file() {
         .unwrap()
         .contains("unknown adapter"));
 }
+
+fn volumes() -> PathBuf {
+    root().join("tests/fixtures/volumes")
+}
+
+#[test]
+fn sam3d_segments_a_nifti_lesion_from_one_click_and_keeps_the_affine() {
+    use edgeseg::volume::{load, LoadOptions};
+    let out_dir = scratch("sam3d-out");
+    let out = edgeseg(&[
+        "segment",
+        "--model",
+        "models/sam3d-phantom",
+        "--point",
+        "31,18,23",
+        "--out",
+        out_dir.to_str().unwrap(),
+        volumes().join("lesion.nii.gz").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = summary(&out_dir.join("lesion.json"));
+    let options = LoadOptions::default();
+    let mask = load(&out_dir.join("lesion_mask.nii.gz"), &options).unwrap();
+    let input = load(&volumes().join("lesion.nii.gz"), &options).unwrap();
+    let truth = load(&volumes().join("lesion_mask.nii.gz"), &options).unwrap();
+    assert_eq!(mask.dims(), input.dims());
+    assert_eq!(mask.affine(), input.affine());
+    let voxels = mask.data().iter().filter(|&&v| v > 0.5).count();
+    assert_eq!(s["voxels"].as_u64().unwrap() as usize, voxels);
+    let ml = s["volume_ml"].as_f64().unwrap();
+    assert!(
+        (ml - voxels as f64 * 0.8 * 0.8 * 2.0 / 1000.0).abs() < 1e-6,
+        "{ml}"
+    );
+    let both = mask
+        .data()
+        .iter()
+        .zip(truth.data())
+        .filter(|(&p, &t)| p > 0.5 && t > 0.5)
+        .count();
+    let truth_voxels = truth.data().iter().filter(|&&t| t > 0.5).count();
+    let d = 2.0 * both as f64 / (voxels + truth_voxels) as f64;
+    assert!(d > 0.6, "lesion Dice {d}");
+}
+
+#[test]
+fn sam3d_reads_series_and_sweeps_and_refuses_bad_volumes_clearly() {
+    let run = |extra: &[&str]| {
+        let out_dir = scratch("sam3d-bad");
+        let mut args = vec![
+            "segment",
+            "--model",
+            "models/sam3d-phantom",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ];
+        let owned: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.extend(owned.iter().map(String::as_str));
+        edgeseg(&args)
+    };
+    let v = |f: &str| volumes().join(f).to_str().unwrap().to_string();
+    // A DICOM series folder and a PNG sweep with its spacing.
+    assert_eq!(
+        run(&["--point", "32,32,12", &v("series")]).status.code(),
+        Some(0)
+    );
+    let out = run(&[
+        "--point",
+        "24,20,16",
+        "--spacing",
+        "0.5,0.5,1.0",
+        &v("sweep"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Bad volumes: exit 1, one line naming the file and the problem.
+    check_failure(
+        &run(&["--point", "1,1,1", &v("truncated.nii.gz")]),
+        1,
+        &["truncated.nii.gz"],
+    );
+    check_failure(
+        &run(&["--point", "1,1,1", &v("4d.nii.gz")]),
+        1,
+        &["4d.nii.gz", "--volume-index"],
+    );
+    assert_eq!(
+        run(&["--point", "10,10,8", "--volume-index", "1", &v("4d.nii.gz")])
+            .status
+            .code(),
+        Some(0)
+    );
+    check_failure(
+        &run(&["--point", "1,1,1", &v("degenerate_spacing.nii")]),
+        1,
+        &["degenerate_spacing.nii"],
+    );
+    check_failure(
+        &run(&["--point", "1,1,1", &v("huge_dims.nii")]),
+        1,
+        &["huge_dims.nii"],
+    );
+    check_failure(&run(&["--point", "1,1,1", &v("sweep")]), 1, &["--spacing"]);
+    // Clicks outside the volume, and 2D clicks for a volume model.
+    check_failure(
+        &run(&["--point", "100,5,5", &v("lesion.nii.gz")]),
+        1,
+        &["outside the volume"],
+    );
+    check_failure(
+        &run(&["--point", "5,5", &v("lesion.nii.gz")]),
+        2,
+        &["X,Y,Z"],
+    );
+}
+
+#[test]
+fn eval_scores_sam3d_per_volume() {
+    let out = edgeseg(&[
+        "eval",
+        "--model",
+        "models/sam3d-phantom",
+        "--data",
+        volumes().join("eval").to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert_eq!(t.lines().filter(|l| l.starts_with('v')).count(), 6, "{t}");
+    let all: f64 = t
+        .lines()
+        .find(|l| l.starts_with("all "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(all > 0.7, "mean Dice {all}\n{t}");
+}

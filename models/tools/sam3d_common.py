@@ -324,6 +324,8 @@ class Decoder3D(nn.Module):
         h = cfg["head_dim"]
         self.head1 = nn.Linear(u + 3 * e + nm, h)
         self.head2 = nn.Linear(h, u)
+        # logit offset, started at a low foreground prior (objects fill ~1 % of a patch)
+        self.logit_bias = nn.Parameter(torch.full((1, 1, 1, 1, 1), -3.0))
 
     def dense_pe(self):
         return self.pe.encode(self.grid01)  # [1, T, d]
@@ -388,7 +390,7 @@ class Decoder3D(nn.Module):
         x = torch.cat([up_t, fine, (fine - ff_pos) ** 2, (fine - ff_neg) ** 2, maps_f], dim=-1)
         x = up_t + self.head2(F.gelu(self.head1(x)))  # [B, n, u]
         hyper = self.hyper(mask_tok + self.click_feat(torch.cat([f_pos, f_neg], dim=-1))[:, 0, :])  # [B, u]
-        masks = (hyper.unsqueeze(1) @ x.transpose(1, 2)).reshape(b, 1, s2, s2, s2)
+        masks = (hyper.unsqueeze(1) @ x.transpose(1, 2)).reshape(b, 1, s2, s2, s2) + self.logit_bias
         return masks
 
 

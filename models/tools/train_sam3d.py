@@ -2,7 +2,7 @@
 with depthwise-3-D-conv bottleneck adapters and a SAM-like two-way prompt decoder) from scratch on
 CPU, on synthetic volumes from volumes.py, through the runtime's own volume path.
 
-  nice -n 5 python train_sam3d.py --time-budget 14 --out models/tools/.cache/sam3d/ckpt.pt
+  nice -n 5 python train_sam3d.py --time-budget 14.5 --out models/tools/.cache/sam3d/ckpt.pt
 
 Data: a pool of --pool-count volumes (volumes.make_volume, seeds 100003*pool_seed + i: CT-like or
 ultrasound-like, 48..96 voxels per side, isotropic or anisotropic spacing, 1..3 ellipsoid
@@ -96,6 +96,17 @@ def objects_of(item: dict) -> list:
             core = np.argwhere(e2).astype(np.int16) if e2.sum() >= 4 else inner
             objs.append({"kind": kind, "id": i, "vox": vox, "inner": inner, "core": core})
     return objs
+
+
+def _generator_tag() -> str:
+    """Short digest of the volume generator and the preprocessing, so a stale pool cache is not reused."""
+    import hashlib
+    import inspect
+
+    src = inspect.getsource(vg.make_volume) + inspect.getsource(vg._ellipsoid_r) + inspect.getsource(vg._tube_distance)
+    src += inspect.getsource(sc.to_model_grid) + inspect.getsource(sc.resample) + inspect.getsource(sc.normalize)
+    src += inspect.getsource(prepare) + repr(vg.SPACINGS) + repr(sc.PERCENTILES)
+    return hashlib.sha256(src.encode()).hexdigest()[:10]
 
 
 def build_pool(count: int, seed: int, cache: Path | None) -> list:
@@ -375,7 +386,7 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--steps", type=int, default=100000, help="upper bound on steps")
-    ap.add_argument("--time-budget", type=float, default=14.0, help="minutes of training (the schedule follows the clock)")
+    ap.add_argument("--time-budget", type=float, default=14.5, help="minutes of training (the schedule follows the clock)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fixtures", default=str(sc.REPO_DIR / "tests/fixtures/volumes/eval"))
@@ -393,8 +404,8 @@ def main():
         evaluate(model, heldout, fixtures)
         return
 
-    pool = build_pool(args.pool_count, args.pool_seed,
-                      sc.CACHE_DIR / f"pool-s{args.pool_seed}-n{args.pool_count}-p{P}-sp{sc.SPACING}.npz")
+    pool = build_pool(args.pool_count, args.pool_seed, sc.CACHE_DIR / (
+        f"pool-s{args.pool_seed}-n{args.pool_count}-sp{sc.SPACING}-{_generator_tag()}.npz"))
     model = sc.Sam3D()
     nparams = sc.count_parameters(model)
     print(f"parameters: {nparams:,} (encoder {sc.count_parameters(model.encoder):,}, "
