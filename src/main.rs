@@ -476,7 +476,7 @@ fn segment_frame(
         label_map,
         class_areas,
         iou_predictions: sam.then(|| segmented.scores.clone()),
-        chosen: sam.then_some(segmented.chosen),
+        chosen: sam.then_some(segmented.output),
         all_masks,
         timings_ms: timings,
     })

@@ -86,7 +86,7 @@ pub struct FrameSummary {
     /// Pixels per class name, for models with 3+ classes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub class_areas: Option<std::collections::BTreeMap<String, usize>>,
-    /// SAM: predicted IoU of each output, which one was chosen, and every output's mask file
+    /// SAM: predicted IoU of each output, the index of the chosen output, and every output's mask file
     /// when all were asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iou_predictions: Option<Vec<f32>>,

@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use edgeseg::eval::read_mask;
 use edgeseg::postprocess::dice;
@@ -183,6 +183,7 @@ fn eval_scores_the_image_families_on_held_out_phantoms() {
     for (model, data, floor) in [
         ("models/unet-conditioned-phantom", &data, 0.6),
         ("models/unet-plain-phantom", &us, 0.5),
+        ("models/sam-phantom", &data, 0.5),
     ] {
         let out = edgeseg(&["eval", "--model", model, "--data", data.to_str().unwrap()]);
         let t = text(&out);
@@ -430,4 +431,99 @@ fn eval_scores_sam3d_per_volume() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(all > 0.7, "mean Dice {all}\n{t}");
+}
+
+#[test]
+fn interactive_sam_reads_prompt_lines_and_reports_bad_ones() {
+    let data = phantoms("sam-int", 2);
+    let out_dir = scratch("sam-int-out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgeseg"))
+        .args([
+            "segment",
+            "--model",
+            "models/sam-phantom",
+            "--interactive",
+            "--out",
+            out_dir.to_str().unwrap(),
+            data.join("us_0000.png").to_str().unwrap(),
+        ])
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"128,128\n128,128 40,40,0\nbox 10,10,200,200\n999,5\nnonsense\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{}", text(&out));
+    assert!(lines[0]["encoder_ms"].as_f64().unwrap() > 0.0);
+    for l in &lines[1..] {
+        assert!(l["decoder_ms"].as_f64().unwrap() > 0.0, "{l}");
+        assert!(out_dir.join(l["mask"].as_str().unwrap()).exists());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("prompt 3: click (999, 5) lies outside"),
+        "{err}"
+    );
+    assert!(err.contains("prompt 4: `nonsense`"), "{err}");
+    assert!(!err.contains("panicked"));
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn sam_click_segments_the_lesion_and_reports_the_output_it_chose() {
+    let data = phantoms("sam", 2);
+    let truth = read_mask(&data.join("us_0000_lesion.png")).unwrap();
+    let (x, y) = edgeseg::eval::interior_point(&truth).unwrap();
+    let out_dir = scratch("sam-out");
+    let point = format!("{x},{y}");
+    let out = edgeseg(&[
+        "segment",
+        "--model",
+        "models/sam-phantom",
+        "--point",
+        &point,
+        "--out",
+        out_dir.to_str().unwrap(),
+        data.join("us_0000.png").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let predicted = read_mask(&out_dir.join("us_0000_mask.png")).unwrap();
+    let d = dice(&predicted, &truth).unwrap();
+    assert!(d > 0.6, "lesion Dice {d}");
+    // One click: SAM's rule picks the best of the multimask outputs 1..3 by predicted IoU.
+    let frame = &summary(&out_dir.join("us_0000.json"))["frames"][0];
+    let iou: Vec<f64> = frame["iou_predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let chosen = frame["chosen"].as_u64().unwrap() as usize;
+    assert_eq!(iou.len(), 4);
+    assert!((1..4).contains(&chosen));
+    assert!(
+        (1..4).all(|k| iou[k] <= iou[chosen]),
+        "{iou:?} chose {chosen}"
+    );
+
+    let out = edgeseg(&[
+        "segment",
+        "--model",
+        "models/sam-phantom",
+        data.join("us_0000.png").to_str().unwrap(),
+    ]);
+    check_failure(&out, 2, &["--point"]);
 }

@@ -14,7 +14,9 @@ Graphs (opset 17, every shape fixed):
   (the decoder is MobileSAM's SamOnnxModel without the final resize and without select_masks;
   export checks it against SamOnnxModel's own low-res masks and scores in torch.)
 int8 candidates (--quantize), each checked in onnxruntime against the f32 graphs on held-out
-phantoms (Dice with ground truth and with the f32 masks, at the frame size, 1 click and box):
+phantoms (Dice with ground truth and with the f32 masks, at the frame size, 1 click and box);
+int8 graphs run in onnxruntime with graph optimisations off, op by op as tract runs them (its
+default session fuses QDQ into int8 kernels that saturate on CPUs without VNNI):
   <role>-int8-qdq.onnx      static QDQ on Conv/MatMul/Gemm only (per-tensor; QInt8 symmetric
                             weights, QUInt8 asymmetric activations by default (--qdq-activations);
                             MinMax calibration on phantom frames; the decoder's point-encoding
@@ -245,11 +247,8 @@ def export_f32(model, out_dir: Path, exporter: str, heldout) -> dict:
 
 
 def _session(path: Path, threads: int = 1):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    """onnxruntime; int8 graphs op by op (sam_common.ort_session)."""
+    return sc.ort_session(path, threads)
 
 
 def calibration_feeds(f32_dir: Path, calib_dir: Path, count: int, S: int, seed: int = 123):
@@ -468,7 +467,8 @@ def describe(source: str, model, ckpt: dict, int8: dict, int8_report: dict | Non
             f"{params['total'] / 1e6:.2f} M parameters: TinyViT {'/'.join(map(str, e['embed_dims']))} "
             f"depths {'/'.join(map(str, e['depths']))}, prompt encoder {cfg['prompt_embed_dim']}, two-way transformer "
             f"{d['depth']}x{cfg['prompt_embed_dim']} mlp {d['mlp_dim']}, 3 multimask outputs) trained from scratch on "
-            f"CPU on {fig.get('train_images', '?')} procedural ultrasound and endoscopy phantoms from `edgeseg phantoms` "
+            f"CPU on {fig.get('train_images', '?')} procedural ultrasound and endoscopy phantoms from "
+            f"`edgeseg phantoms` "
             f"({', '.join(f'{n} at {k}' for k, n in fig.get('train_sizes', {}).items())} after the longest-side "
             f"resize) for {fig.get('steps', '?')} steps of {a.get('images_per_step', '?')} frames x "
             f"{a.get('prompts_per_image', '?')} prompts ({fig.get('train_minutes', 0):.0f} min); "
@@ -507,8 +507,7 @@ def main():
     ap.add_argument("--eval-count", type=int, default=200, help="held-out structures for the int8 comparison")
     ap.add_argument("--package", default=None, help="write a model package into this folder")
     ap.add_argument("--qdq-activations", choices=["u8", "s8"], default="u8",
-                    help="QDQ activations: u8 = asymmetric QUInt8 (tract and onnxruntime agree within 5e-2 "
-                         "here), s8 = symmetric QInt8 (they differed by up to 1e-1 on these graphs)")
+                    help="QDQ activations: u8 = asymmetric QUInt8 (as the U-Net packages), s8 = symmetric QInt8")
     ap.add_argument("--int8-encoder", choices=["qdq", "dynamic", "none"], default="qdq")
     ap.add_argument("--int8-decoder", choices=["qdq", "dynamic", "none"], default="none")
     ap.add_argument("--report", default=None, help="write the figures as JSON here")
@@ -534,7 +533,8 @@ def main():
     heldout = [Path(p) for p in args.eval_data]
     report = {"source": source, "exporter": args.exporter, "opset": OPSET, "image_size": S,
               "parameters": sc.exported_parameters(model)}
-    print(f"{source}: S = {S}, parameters in the graphs {report['parameters']}; exporter {args.exporter}, opset {OPSET}")
+    print(f"{source}: S = {S}, parameters in the graphs {report['parameters']}; "
+          f"exporter {args.exporter}, opset {OPSET}")
     report["f32"] = export_f32(model, out_dir, args.exporter, heldout)
 
     cands = {"encoder": {}, "decoder": {}}

@@ -383,6 +383,38 @@ def upsample_to_image(low_res: np.ndarray | torch.Tensor, S: int, new_hw: tuple[
     return t.reshape(*lead, *orig_hw).numpy()
 
 
+def _axis_taps(length: int, input_len: int, start: int, content_len: int, out_len: int):
+    import math
+
+    r = length / max(input_len, 1)
+    a, b = start * r, (start + content_len) * r
+    last = length - 1
+    lo, hi = math.ceil(a - 0.5), math.floor(b - 0.5)
+    if lo > hi:
+        lo = hi = math.floor((a + b) / 2 - 0.5 + 0.5)
+    lo, hi = min(max(lo, 0), last), min(max(hi, 0), last)
+    step = (b - a) / out_len
+    c = np.clip(a + (np.arange(out_len) + 0.5) * step - 0.5, lo, hi)
+    i0 = np.floor(c)
+    i1 = np.minimum(i0 + 1, hi)
+    return i0.astype(int), i1.astype(int), (c - i0).astype(np.float32)
+
+
+def one_step_probability(low_res: np.ndarray, S: int, new_hw: tuple[int, int], orig_hw: tuple[int, int]) -> np.ndarray:
+    """The Rust runtime's postprocessing (src/postprocess.rs `segment`, checked against it by
+    reading, not by running): sigmoid on the low-res logits, then one bilinear step from frame
+    pixel centres straight to low-res pixels through the letterbox (the padding dropped, taps
+    clamped to the content's logit centres). Differs from the two-step SAM resize of
+    upsample_to_image by a few edge pixels; threshold the result at 0.5."""
+    lr = np.asarray(low_res, dtype=np.float32)
+    lh, lw = lr.shape
+    p = (1.0 / (1.0 + np.exp(-lr.astype(np.float64)))).astype(np.float32)
+    x0, x1, wx = _axis_taps(lw, S, 0, new_hw[1], orig_hw[1])
+    y0, y1, wy = _axis_taps(lh, S, 0, new_hw[0], orig_hw[0])
+    rows = p[:, x0] + wx[None, :] * (p[:, x1] - p[:, x0])
+    return rows[y0, :] + wy[:, None] * (rows[y1, :] - rows[y0, :])
+
+
 # ---------------------------------------------------------------------------------------------
 # Masks and prompts
 
@@ -566,6 +598,21 @@ def torch_fns(model):
         return low.numpy(), iou.numpy()
 
     return encode, dec
+
+
+def ort_session(path, threads: int = 1):
+    """onnxruntime session for a graph file. int8 graphs (file name with "int8") run with graph
+    optimisations off (ORT_DISABLE_ALL: each op as the ONNX spec defines it, the semantics tract
+    implements): the default session fuses DequantizeLinear -> Conv/MatMul -> QuantizeLinear into
+    onnxruntime's own int8 kernels, whose u8 x s8 products saturate on x86 CPUs without VNNI
+    (see export_unet.py). f32 graphs use the default optimisations (make_references.session)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    if "int8" in Path(path).name:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def ort_fns(encoder_session, decoder_session):

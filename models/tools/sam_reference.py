@@ -35,9 +35,15 @@ from PIL import Image
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 import sam_common as sc  # noqa: E402
-from make_references import session, write_case  # noqa: E402
+from make_references import session as _f32_session, write_case  # noqa: E402
 
 DEFAULT_IMAGE_DIR = sc.CACHE_DIR / "phantoms/heldout320"
+
+
+def session(path: Path):
+    """make_references.session for f32 graphs; int8 graphs op by op (ORT_DISABLE_ALL, the QDQ
+    semantics tract implements; see sam_common.ort_session)."""
+    return sc.ort_session(path) if "int8" in Path(path).name else _f32_session(path)
 
 
 def load_package(pkg: Path):
@@ -78,7 +84,7 @@ def run(pkg: Path, manifest, image_path: Path, clicks, box, precision: str):
     pts = sc.map_coords([c[:2] for c in clicks], orig_hw, S) if clicks else np.zeros((0, 2))
     mbox = sc.map_coords([box[:2], box[2:]], orig_hw, S).reshape(-1) if box else None
     coords, labels = sc.prompt_arrays(pts, [c[2] for c in clicks], box=mbox)
-    enc_fn, dec_fn = sc.ort_fns(enc, dec)
+    _, dec_fn = sc.ort_fns(enc, dec)
     low, iou = dec_fn(emb, coords, labels)
     k = sc.choose_mask(labels, iou)
     logits = sc.upsample_to_image(low[0, k], S, new_hw, orig_hw)
@@ -119,12 +125,39 @@ def cmd_check(args):
               f"mean probability inside {prob.mean():.4f}")
     else:
         print("mask at frame size: empty")
+    one = sc.one_step_probability(r["low"][0, r["k"]], r["S"], r["new_hw"], r["orig_hw"]) > 0.5
+    if one.any():
+        x0, y0, x1, y1 = sc.bbox(one)
+        print(f"  (the Rust runtime's one-step resize of probabilities, emulated: area {int(one.sum())} px, "
+              f"bbox x {x0}..{x1}, y {y0}..{y1}; {int((one != mask).sum())} pixels differ from the two-step mask)")
     if args.truth:
         t = sc.load_mask(args.truth)
         print(f"Dice with {args.truth}: {sc.dice(mask, t):.4f}")
     if args.write_mask:
         Image.fromarray((mask * 255).astype(np.uint8)).save(args.write_mask)
         print(f"wrote {args.write_mask}")
+
+
+def share_identical_inputs(out: Path):
+    """Cases written by write_case each carry their own input files; an input identical to an
+    earlier case's points at that file instead (the int8 encoder case reads the f32 case's 786 KB
+    frame, the decoder cases its embeddings)."""
+    import re
+
+    seen = {}
+    order = sorted(out.glob("*.toml"), key=lambda p: ("int8" in p.name, not p.name.startswith("encoder"), p.name))
+    for toml_path in order:
+        text = toml_path.read_text()
+        for fname in re.findall(r'file = "([^"]+)"', text):
+            data = (out / fname).read_bytes()
+            if len(data) < 65536:
+                continue
+            if data in seen and seen[data] != fname:
+                text = text.replace(f'file = "{fname}"', f'file = "{seen[data]}"')
+                (out / fname).unlink()
+            else:
+                seen.setdefault(data, fname)
+        toml_path.write_text(text)
 
 
 def cmd_fixtures(args):
@@ -175,6 +208,7 @@ def cmd_fixtures(args):
                        f"{src}; image_embeddings = {enc_file} output; {what}; runtime picks mask {k}")
             print(f"  {case}: iou {np.round(iou[0], 3).tolist()}, mask {k}, "
                   f"{int((low[0, k] > 0).sum())} positive low-res logits")
+    share_identical_inputs(out)
 
 
 def main():

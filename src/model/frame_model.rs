@@ -196,6 +196,7 @@ impl FrameModel {
         let one = |result| Segmented {
             results: vec![result],
             chosen: 0,
+            output: 0,
             scores: Vec::new(),
         };
         match &mut self.kind {
@@ -212,6 +213,7 @@ impl FrameModel {
                 timings.preprocess += encoded.preprocess;
                 timings.inference += encoded.inference;
                 Ok(Segmented {
+                    output: result.chosen,
                     chosen: if *all_masks { result.chosen } else { 0 },
                     results: result
                         .masks
@@ -235,6 +237,8 @@ pub struct Segmented {
     pub results: Vec<FrameResult>,
     /// Index into `results` of the mask that answers the request.
     pub chosen: usize,
+    /// Which of the model's outputs that mask is (SAM: 0..K; 0 for other families).
+    pub output: usize,
     /// SAM's predicted IoU of each of its K outputs (empty for other families).
     pub scores: Vec<f32>,
 }
