@@ -542,8 +542,11 @@ fn segment_volumes(
 ) -> Result<ExitCode, Fatal> {
     if prompt.prompt.is_some()
         || prompt.attributes.is_some()
+        || prompt.adapter.is_some()
         || prompt.bbox.is_some()
+        || prompt.all_masks
         || prompt.task.is_some()
+        || prompt.modality.is_some()
     {
         return Err(anyhow::anyhow!(
             "model `{}` is a volume model (sam3d): it takes --point X,Y,Z[,1|0] clicks only",

@@ -2,6 +2,8 @@
 //! exits non-zero without a panic, and — for inputs — still processes the other inputs of the
 //! same run. Bad model packages are made from the bundled one in a temporary folder.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -9,43 +11,9 @@ use std::process::{Command, Output};
 use edgeseg::model::package::hex;
 use sha2::{Digest, Sha256};
 
+use common::{check_failure, edgeseg, root, scratch, stderr};
+
 const MODEL: &str = "models/clipseg-phantom";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn edgeseg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgeseg"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("edgeseg runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A fresh scratch folder for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("edgeseg-cli-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Asserts a failed run: exit code, no panic, and exactly one error line containing `needles`.
-fn check_failure(out: &Output, code: i32, needles: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(errors.len(), 1, "expected one error line, got: {err}");
-    for n in needles {
-        assert!(errors[0].contains(n), "`{}` lacks `{n}`", errors[0]);
-    }
-}
 
 /// A copy of the bundled package whose manifest and files `edit` may change.
 fn bad_package(name: &str, edit: impl FnOnce(&Path, &mut String)) -> PathBuf {

@@ -5,51 +5,16 @@
 //! Quality floors here are loose on purpose (the demo models' held-out scores are in their
 //! manifests); they catch a runtime that maps clicks, classes or voxels to the wrong place.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use edgeseg::eval::read_mask;
 use edgeseg::postprocess::dice;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn edgeseg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgeseg"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("edgeseg runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("edgeseg-fam-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Asserts exit code `code`, no panic, and one error line containing every needle.
-fn check_failure(out: &Output, code: i32, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "{}", text(out));
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(errors.len(), 1, "expected one error line, got: {err}");
-    for n in needles {
-        assert!(errors[0].contains(n), "`{}` lacks `{n}`", errors[0]);
-    }
-}
+use common::{check_failure, edgeseg, root, scratch, text};
 
 /// Held-out phantoms (a seed no model was trained on) with their masks and samples.jsonl.
 fn phantoms(name: &str, count: usize) -> PathBuf {

@@ -101,7 +101,6 @@ fn follow(path: &Path, tx: &Sender<String>) {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::time::Instant;
 
     #[test]
     fn adapter_lines_become_names_and_others_are_ignored() {
@@ -125,10 +124,8 @@ mod tests {
         f.flush().unwrap();
         let wait = |rx: &Receiver<String>| rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(wait(&rx), "lesion");
-        let start = Instant::now();
         f.write_all(b"lyp\n").unwrap();
         assert_eq!(wait(&rx), "polyp");
-        assert!(start.elapsed() < Duration::from_secs(5));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

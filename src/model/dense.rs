@@ -49,7 +49,11 @@ impl Dense {
     ) -> Result<Dense, ModelError> {
         let family = package.manifest().family;
         if !matches!(family, Family::Plain | Family::Conditioned) {
-            package.require(Family::Plain)?;
+            return Err(ModelError::Family {
+                model: package.name().to_string(),
+                expected: "plain or conditioned",
+                found: family.as_str(),
+            });
         }
         let graph = package.load_graph("model", precision, threads)?;
         let (classes, grid) = match graph.shape_of(LOGITS)? {

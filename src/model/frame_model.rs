@@ -115,10 +115,7 @@ impl FrameModel {
                 }
                 let prompt = request.prompt.clone().unwrap_or_default();
                 session.set_prompt(&prompt, request.allow_empty)?;
-                match session.adapter() {
-                    Some(a) => format!("{prompt} [{a}]"),
-                    None => prompt,
-                }
+                vlsm_label(session)
             }
             Kind::Sam {
                 prompt, all_masks, ..
@@ -178,9 +175,7 @@ impl FrameModel {
         match &mut self.kind {
             Kind::Vlsm(session) => {
                 let ms = session.set_adapter(name)?;
-                if let Some((prompt, _)) = self.label.rsplit_once(" [") {
-                    self.label = format!("{prompt} [{name}]");
-                }
+                self.label = vlsm_label(session);
                 Ok(ms)
             }
             _ => Err(ModelError::Prompt(format!(
@@ -247,6 +242,15 @@ impl Segmented {
     /// The mask that answers the request.
     pub fn best(&self) -> &FrameResult {
         &self.results[self.chosen]
+    }
+}
+
+/// "prompt", or "prompt [adapter]" for an adapted package.
+fn vlsm_label(session: &VlsmSession) -> String {
+    let prompt = session.prompt().unwrap_or_default();
+    match session.adapter() {
+        Some(a) => format!("{prompt} [{a}]"),
+        None => prompt.to_string(),
     }
 }
 

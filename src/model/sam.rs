@@ -150,12 +150,22 @@ impl Sam {
 
     /// A session for one stream of frames.
     pub fn session(&self) -> Result<SamSession, ModelError> {
+        let d = &self.decoder;
+        let (w, h) = self.low_res;
+        let no_mask = [
+            (
+                "mask_input",
+                d.tensor(d.shape_of("mask_input")?, &vec![0f32; (w * h) as usize])?,
+            ),
+            ("has_mask_input", d.tensor(&[1], &[0f32])?),
+        ];
         Ok(SamSession {
             model: self.clone(),
             encoder: self.encoder.session()?,
             decoder: self.decoder.session()?,
             pixels: Vec::new(),
             image: None,
+            no_mask,
         })
     }
 }
@@ -173,6 +183,8 @@ pub struct SamSession {
     decoder: Session,
     pixels: Vec<f32>,
     image: Option<Embedded>,
+    /// The empty mask input, made once.
+    no_mask: [(&'static str, Tensor); 2],
 }
 
 impl SamSession {
@@ -226,16 +238,12 @@ impl SamSession {
         let d = &self.model.decoder;
         let n = self.model.points;
         let (lw, lh) = self.model.low_res;
-        let named = vec![
+        let mut named = vec![
             (EMBEDDINGS, image.embedding.clone()),
             ("point_coords", d.tensor(&[1, n, 2], &coords)?),
             ("point_labels", d.tensor(&[1, n], &labels)?),
-            (
-                "mask_input",
-                d.tensor(d.shape_of("mask_input")?, &vec![0f32; (lw * lh) as usize])?,
-            ),
-            ("has_mask_input", d.tensor(&[1], &[0f32])?),
         ];
+        named.extend(self.no_mask.iter().cloned());
         let inputs = d.order_inputs(named)?;
         let outputs = self.decoder.run(inputs)?;
         timings.inference = ms(t0);

@@ -271,6 +271,11 @@ impl VlsmSession {
         Ok(ms(start))
     }
 
+    /// The current prompt.
+    pub fn prompt(&self) -> Option<&str> {
+        self.current.as_deref()
+    }
+
     /// The active adapter's name.
     pub fn adapter(&self) -> Option<&str> {
         self.adapter.as_ref().map(|(n, _)| n.as_str())
