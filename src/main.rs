@@ -150,6 +150,10 @@ enum Command {
     /// files and telemetry, until the source ends, a limit is reached or Ctrl-C; then print the
     /// summary (frames, fps, latency percentiles per stage and per sink).
     Run(RunArgs),
+    /// Measure latency: load time, first frame, then per-stage, end-to-end and per-graph
+    /// percentiles, throughput, CPU time and peak memory of each model × precision × thread
+    /// count, over frames captured from the source beforehand (volumes for sam3d models).
+    Bench(BenchArgs),
     /// Decode the serial wire format from a port and print one line per message.
     Listen {
         /// Serial port, e.g. /dev/ttyUSB0.
@@ -225,6 +229,51 @@ struct RunArgs {
     /// Also write the summary as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
+}
+
+/// `edgeseg bench`: what to sweep, on what, and where the report goes.
+#[derive(Args)]
+struct BenchArgs {
+    /// Model package folder; repeat to compare several (default: the bundled model).
+    #[arg(long = "model")]
+    models: Vec<PathBuf>,
+    /// Precisions, comma-separated (f32,f16,int8); those a package does not serve are skipped.
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    precision: Vec<Precision>,
+    /// Thread counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    threads: Vec<usize>,
+    /// Timed frames per run (volumes for sam3d models).
+    #[arg(long, default_value_t = 100)]
+    frames: usize,
+    /// Untimed frames after the first.
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// Frame source, as for `edgeseg run` (frames are captured before timing).
+    #[arg(long, default_value = "phantom")]
+    source: String,
+    /// Frame size WxH of a phantom source (default 320x240).
+    #[arg(long, value_parser = parse_size)]
+    size: Option<(u32, u32)>,
+    /// The volume sam3d models segment: a NIfTI file or a DICOM series folder.
+    #[arg(long)]
+    volume: Option<PathBuf>,
+    #[command(flatten)]
+    prompt: PromptArgs,
+    #[command(flatten)]
+    volume_args: VolumeArgs,
+    /// Write the whole report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write one CSV row per stage and graph of each run here.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Draw the latency CDF and per-stage bars as SVG here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Write each graph's first inputs here (for timing another runtime on the same tensors).
+    #[arg(long)]
+    dump_inputs: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -887,6 +936,92 @@ fn live(args: RunArgs) -> Result<ExitCode, Fatal> {
     })
 }
 
+fn bench(args: BenchArgs) -> Result<ExitCode, Fatal> {
+    use edgeseg::bench::{self, Progress};
+    use std::io::{IsTerminal, Write};
+    let mut source = edgeseg::source::SourceConfig::from_spec(&args.source)?;
+    if let Some((w, h)) = args.size {
+        (source.width, source.height) = (Some(w), Some(h));
+    }
+    let models = if args.models.is_empty() {
+        vec![Package::default_dir()]
+    } else {
+        args.models
+    };
+    let volume_model = models
+        .iter()
+        .any(|d| Package::open(d).is_ok_and(|p| p.manifest().family == Family::Sam3d));
+    let volume_clicks = if volume_model {
+        let parse = |p: &String| parse_click3(p);
+        args.prompt
+            .points
+            .iter()
+            .map(parse)
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?
+    } else {
+        Vec::new()
+    };
+    let options = bench::Options {
+        models,
+        precisions: args.precision,
+        threads: args.threads,
+        frames: args.frames.max(1),
+        warmup: args.warmup,
+        source,
+        volume: args.volume,
+        volume_options: LoadOptions {
+            volume_index: args.volume_args.volume_index,
+            spacing: args.volume_args.spacing,
+        },
+        volume_clicks,
+        dump_inputs: args.dump_inputs,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let (mut label, mut total) = (String::new(), 0);
+    let report = bench::run(
+        &options,
+        &|package| request(&args.prompt, package),
+        &mut |p| match p {
+            Progress::Start(l, n) => (label, total) = (l.to_string(), n),
+            Progress::Frame(i) if tty => {
+                let filled = i * 30 / total.max(1);
+                let bar = format!("{}{}", "#".repeat(filled), ".".repeat(30 - filled));
+                eprint!("\r{label} [{bar}] {i}/{total}");
+                let _ = std::io::stderr().flush();
+            }
+            Progress::Frame(_) => {}
+            Progress::Done(r) => {
+                let e = r.stage("end_to_end");
+                eprintln!(
+                    "{}{label}: end-to-end p50 {:.2} ms, p99 {:.2} ms, {:.1} fps",
+                    if tty { "\r\x1b[2K" } else { "" },
+                    e.p50,
+                    e.p99,
+                    r.throughput_fps
+                );
+            }
+            Progress::Skipped(why) => eprintln!("skipped: {why}"),
+        },
+    )?;
+    print!("{}", report.table());
+    let write = |path: &Option<PathBuf>, text: String| -> anyhow::Result<()> {
+        if let Some(path) = path {
+            std::fs::write(path, text)
+                .with_context(|| format!("{}: cannot write", path.display()))?;
+        }
+        Ok(())
+    };
+    write(&args.json, serde_json::to_string_pretty(&report)? + "\n")?;
+    write(&args.csv, report.csv())?;
+    write(&args.plot, bench::svg::plot(&report))?;
+    Ok(if report.runs.iter().any(|r| r.failed > 0) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn listen(port: &Path, baud: u32) -> Result<ExitCode, Fatal> {
     let stop = stop_on_signals()?;
     serial::listen_port(port, baud, std::io::stdout().lock(), &stop)?;
@@ -896,6 +1031,7 @@ fn listen(port: &Path, baud: u32) -> Result<ExitCode, Fatal> {
 fn run(cli: Cli) -> Result<ExitCode, Fatal> {
     match cli.command {
         Command::Run(args) => live(args),
+        Command::Bench(args) => bench(args),
         Command::Listen { port, baud } => listen(&port, baud),
         Command::Segment {
             inputs,

@@ -4,12 +4,11 @@
 //! - [`queue`]: the bounded, never-blocking hand-over queue (the mailbox is one of them).
 //! - [`stages`]: region of interest → model → smoothing → full-frame mask, for one frame.
 //! - [`pipeline`]: the threads and the accounting.
-//! - [`histogram`] and [`report`]: latency percentiles and the end-of-run summary.
+//! - [`report`]: the end-of-run summary (latency percentiles from [`crate::histogram`]).
 //! - [`setup`]: a device profile turned into a source, stages and sinks.
 //! - [`control`]: `adapter NAME` lines from stdin or a control file.
 
 pub mod control;
-pub mod histogram;
 pub mod pipeline;
 pub mod queue;
 pub mod report;

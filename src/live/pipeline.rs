@@ -27,10 +27,10 @@ use crate::sink::{Counters, Emitted, Sink, Timestamps};
 use crate::source::pacing::sleep_until;
 use crate::source::Source;
 
-use super::histogram::Histogram;
 use super::queue::{Overflow, Pop, Queue};
 use super::report::{RunReport, SinkReport, StageReport};
 use super::stages::Stages;
+use crate::histogram::Histogram;
 
 /// A sink with its queue settings.
 pub struct SinkSlot {

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::histogram::Percentiles;
 use super::stages::AdapterSwitch;
+use crate::histogram::Percentiles;
 
 /// Percentiles of each stage, over processed frames.
 #[derive(Debug, Clone, Serialize)]

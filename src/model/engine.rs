@@ -9,16 +9,72 @@
 //! `threads > 1`, so `--threads 1` is truly single-threaded (the honest baseline on a
 //! one-core board) and `--threads N` is opt-in. Pools are per graph so two streams do not
 //! contend on a global pool.
+//!
+//! **Recording.** For benchmarks, [`start_recording`] makes every [`Session::run`] on the
+//! calling thread add its time to a per-graph histogram (with the graph's multiply–add count
+//! and the inputs of its first run) until [`finish_recording`]; without it a run only checks a
+//! thread-local flag.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use super::{DType, GraphSpec, ModelError, Precision, TensorSpec};
+use crate::histogram::Histogram;
 
 type Plan = Arc<TypedRunnableModel>;
+
+/// The runs of one graph at one precision while recording.
+#[derive(Debug, Clone)]
+pub struct GraphRuns {
+    pub path: PathBuf,
+    pub role: String,
+    pub precision: Precision,
+    /// Multiply–adds of one run, as tract counts them on the decluttered graph.
+    pub fmas: u64,
+    /// Time of each [`Session::run`], µs: input checks and casts, the plan, output casts.
+    pub latency: Histogram,
+    /// The inputs of the first recorded run, named, as the caller gave them (f32 for f16 plans).
+    pub first_inputs: Vec<(String, Tensor)>,
+}
+
+thread_local! {
+    static RECORDING: RefCell<Option<Vec<GraphRuns>>> = const { RefCell::new(None) };
+}
+
+/// Starts recording graph runs on this thread (dropping any recording in progress).
+pub fn start_recording() {
+    RECORDING.set(Some(Vec::new()));
+}
+
+/// Stops recording on this thread; the graphs in the order they first ran.
+pub fn finish_recording() -> Vec<GraphRuns> {
+    RECORDING.take().unwrap_or_default()
+}
+
+/// Multiply–adds of one run of `model`, from tract's per-operator cost model.
+fn count_fmas(model: &TypedModel) -> u64 {
+    model
+        .nodes()
+        .iter()
+        .filter_map(|node| {
+            let facts = model.node_input_facts(node.id).ok()?;
+            let costs = node.op.cost(&facts).ok()?;
+            Some(
+                costs
+                    .iter()
+                    .filter(|(c, _)| matches!(c, tract_core::ops::Cost::FMA(_)))
+                    .filter_map(|(_, n)| n.to_i64().ok())
+                    .map(|n| n.max(0) as u64)
+                    .sum::<u64>(),
+            )
+        })
+        .sum()
+}
 
 /// One optimised graph, ready to open sessions on.
 #[derive(Debug, Clone)]
@@ -26,6 +82,7 @@ pub struct Graph {
     path: PathBuf,
     spec: GraphSpec,
     precision: Precision,
+    fmas: u64,
     plan: Plan,
 }
 
@@ -158,6 +215,7 @@ impl Graph {
         }
 
         let mut typed = typed.into_decluttered().map_err(onnx_err)?;
+        let fmas = count_fmas(&typed);
         if precision == Precision::F16 {
             let translate = tract_core::transform::get_transform("f32_to_f16")
                 .map_err(onnx_err)?
@@ -177,6 +235,7 @@ impl Graph {
             path: path.to_path_buf(),
             spec: spec.clone(),
             precision,
+            fmas,
             plan,
         })
     }
@@ -191,6 +250,11 @@ impl Graph {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// Multiply–adds of one run.
+    pub fn fmas(&self) -> u64 {
+        self.fmas
     }
 
     /// A run state for one stream; reuse it for every frame of that stream.
@@ -288,8 +352,52 @@ pub struct Session {
 impl Session {
     /// Runs the graph on inputs in manifest order. Inputs are checked against the manifest
     /// (type and shape) first; float inputs are cast to the plan's float type (f16 plans take
-    /// f32 data) and float outputs come back as f32.
+    /// f32 data) and float outputs come back as f32. Recorded when recording is on.
     pub fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
+        // None: not recording; Some(true): the first recorded run of this graph.
+        let first = RECORDING.with_borrow(|r| {
+            r.as_ref().map(|runs| {
+                !runs
+                    .iter()
+                    .any(|g| g.path == self.graph.path && g.precision == self.graph.precision)
+            })
+        });
+        let Some(first) = first else {
+            return self.run_plan(inputs);
+        };
+        let named: Vec<(String, Tensor)> = if first {
+            let names = self.graph.spec.inputs.iter().map(|t| t.name.clone());
+            names.zip(inputs.iter().cloned()).collect()
+        } else {
+            Vec::new()
+        };
+        let start = Instant::now();
+        let outputs = self.run_plan(inputs)?;
+        let micros = start.elapsed().as_micros() as u64;
+        let graph = &self.graph;
+        RECORDING.with_borrow_mut(|r| {
+            let Some(runs) = r else { return };
+            if first {
+                runs.push(GraphRuns {
+                    path: graph.path.clone(),
+                    role: graph.spec.role.clone(),
+                    precision: graph.precision,
+                    fmas: graph.fmas,
+                    latency: Histogram::default(),
+                    first_inputs: named,
+                });
+            }
+            if let Some(g) = runs
+                .iter_mut()
+                .find(|g| g.path == graph.path && g.precision == graph.precision)
+            {
+                g.latency.record(micros);
+            }
+        });
+        Ok(outputs)
+    }
+
+    fn run_plan(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
         let graph = &self.graph;
         if inputs.len() != graph.spec.inputs.len() {
             return Err(graph.run_err(anyhow::anyhow!(

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 pub use dense::{Condition, Dense, DenseSession};
-pub use engine::{Graph, Session};
+pub use engine::{Graph, GraphRuns, Session};
 pub use frame_model::{FrameModel, Request, Segmented};
 pub use manifest::{DType, Family, GraphSpec, Manifest, TensorSpec};
 pub use package::Package;

@@ -98,6 +98,19 @@ impl Histogram {
         Some(self.max)
     }
 
+    /// The cumulative distribution: for each non-empty bucket, its upper bound in
+    /// milliseconds (clamped to the maximum) and the fraction of values at or below it.
+    pub fn cdf(&self) -> Vec<(f64, f64)> {
+        let mut seen = 0;
+        let mut points = Vec::new();
+        for (i, &c) in self.counts.iter().enumerate().filter(|(_, &c)| c > 0) {
+            seen += c;
+            let high = bounds(i).1.min(self.max);
+            points.push((high as f64 / 1e3, seen as f64 / self.total as f64));
+        }
+        points
+    }
+
     /// Summary in milliseconds; all zero when empty.
     pub fn percentiles(&self) -> Percentiles {
         if self.total == 0 {
@@ -158,6 +171,22 @@ mod tests {
         }
         assert!((p.mean - 50.05).abs() < 1e-9);
         assert!((p.stddev - 28.866).abs() < 0.01, "{}", p.stddev);
+    }
+
+    #[test]
+    fn the_cdf_rises_to_one_at_the_maximum() {
+        let mut h = Histogram::default();
+        assert!(h.cdf().is_empty());
+        for v in [100, 100, 200, 5_000, 90_000] {
+            h.record(v);
+        }
+        let cdf = h.cdf();
+        assert_eq!(cdf.len(), 4);
+        assert_eq!(cdf[0], (0.1, 0.4));
+        assert!(cdf.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1));
+        assert_eq!(*cdf.last().unwrap(), (90.0, 1.0));
+        let five_ms = cdf[2].0;
+        assert!((5.0..5.04).contains(&five_ms), "{five_ms}");
     }
 
     #[test]
