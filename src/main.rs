@@ -274,6 +274,9 @@ struct BenchArgs {
     /// Write each graph's first inputs here (for timing another runtime on the same tensors).
     #[arg(long)]
     dump_inputs: Option<PathBuf>,
+    /// Also time each operator type of every graph (10 extra runs per graph).
+    #[arg(long)]
+    profile_ops: bool,
 }
 
 #[derive(Subcommand)]
@@ -976,6 +979,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode, Fatal> {
         },
         volume_clicks,
         dump_inputs: args.dump_inputs,
+        profile_ops: args.profile_ops,
     };
     let tty = std::io::stderr().is_terminal();
     let (mut label, mut total) = (String::new(), 0);

@@ -189,6 +189,10 @@ fn every_family_is_benchmarked_with_its_default_request() {
         text(&out)
     );
     let report = read_json(&json);
+    // f16 on a CPU without f16 arithmetic is emulated, and the table says so.
+    let emulated = report["machine"]["native_f16"] == false;
+    let note = String::from_utf8_lossy(&out.stdout).contains("f16 runs are emulated");
+    assert_eq!(emulated, note, "{}", text(&out));
     let runs = report["runs"].as_array().unwrap();
     let found: Vec<String> = runs
         .iter()

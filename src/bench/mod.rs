@@ -70,7 +70,13 @@ pub struct Options {
     pub volume_clicks: Vec<VolumeClick>,
     /// Write each graph's first inputs here (per model: `<file stem>-<precision>.toml` + .bin).
     pub dump_inputs: Option<PathBuf>,
+    /// After the timed frames, run each graph [`PROFILE_RUNS`] more times on its first inputs,
+    /// timing each operator (where a graph's time goes).
+    pub profile_ops: bool,
 }
+
+/// Runs per graph when profiling operators.
+pub const PROFILE_RUNS: usize = 10;
 
 /// What the bench reports while it runs.
 pub enum Progress<'a> {
@@ -318,7 +324,12 @@ fn timed(
             Some(dir) => Some(dump_inputs(dir, &g)?),
             None => None,
         };
-        run.graphs.push(GraphReport::new(&g, inputs));
+        let mut report = GraphReport::new(&g, inputs);
+        if options.profile_ops {
+            let inputs: Vec<Tensor> = g.first_inputs.iter().map(|(_, t)| t.clone()).collect();
+            report.ops = g.graph.session()?.profile_ops(&inputs, PROFILE_RUNS)?;
+        }
+        run.graphs.push(report);
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::histogram::Percentiles;
-use crate::model::engine::GraphRuns;
+use crate::model::engine::{GraphRuns, OpTime};
 
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
@@ -29,6 +29,9 @@ pub struct Machine {
     pub arch: String,
     /// The CPU's vector and dot-product features that matter to the kernels.
     pub features: Vec<String>,
+    /// Whether the CPU does f16 arithmetic natively (Arm `asimdhp`, x86 `avx512_fp16`); without
+    /// it, f16 graphs are emulated and slower than f32.
+    pub native_f16: bool,
 }
 
 /// CPU flags (x86 `flags`, Arm `Features`) worth naming in a report.
@@ -71,6 +74,7 @@ impl Machine {
             .unwrap_or_default();
         let present: Vec<&str> = flags.split_whitespace().collect();
         Machine {
+            native_f16: present.contains(&"asimdhp") || present.contains(&"avx512_fp16"),
             cpu,
             logical_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             arch: std::env::consts::ARCH.to_string(),
@@ -131,7 +135,12 @@ pub struct GraphReport {
     pub gflops: f64,
     /// The dumped first inputs (toml file name), when asked for.
     pub inputs: Option<String>,
+    /// Milliseconds per run of each operator type, largest first, when profiled.
+    pub ops: Vec<OpTime>,
 }
+
+/// Operator types the table shows per profiled graph.
+const TOP_OPS: usize = 6;
 
 impl GraphReport {
     pub fn new(runs: &GraphRuns, inputs: Option<String>) -> GraphReport {
@@ -152,6 +161,7 @@ impl GraphReport {
             },
             latency,
             inputs,
+            ops: Vec::new(),
         }
     }
 }
@@ -256,6 +266,32 @@ impl Report {
                     g.gflops
                 );
             }
+        }
+        for r in &self.runs {
+            for g in r.graphs.iter().filter(|g| !g.ops.is_empty()) {
+                let total: f64 = g.ops.iter().map(|o| o.ms).sum();
+                let _ = write!(
+                    t,
+                    "\nops of {}/{} {} {}t ({total:.2} ms in operators, {:.2} ms median run):",
+                    r.model, g.file, g.precision, r.threads, g.latency.p50
+                );
+                for o in g.ops.iter().take(TOP_OPS) {
+                    let _ = write!(t, " {} {:.2} ({:.0}%)", o.op, o.ms, 100.0 * o.ms / total);
+                }
+            }
+        }
+        if self
+            .runs
+            .iter()
+            .any(|r| r.graphs.iter().any(|g| !g.ops.is_empty()))
+        {
+            t.push('\n');
+        }
+        if !m.native_f16 && self.runs.iter().any(|r| r.precision == "f16") {
+            let _ = writeln!(
+                t,
+                "note: this CPU has no native f16 arithmetic: the f16 runs are emulated and slower than f32"
+            );
         }
         for r in self.runs.iter().filter(|r| r.failed > 0) {
             let _ = writeln!(

@@ -31,6 +31,8 @@ type Plan = Arc<TypedRunnableModel>;
 /// The runs of one graph at one precision while recording.
 #[derive(Debug, Clone)]
 pub struct GraphRuns {
+    /// The graph itself, to run again (profiling).
+    pub graph: Graph,
     pub path: PathBuf,
     pub role: String,
     pub precision: Precision,
@@ -40,6 +42,13 @@ pub struct GraphRuns {
     pub latency: Histogram,
     /// The inputs of the first recorded run, named, as the caller gave them (f32 for f16 plans).
     pub first_inputs: Vec<(String, Tensor)>,
+}
+
+/// The time one operator type takes in one run of a graph.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct OpTime {
+    pub op: String,
+    pub ms: f64,
 }
 
 thread_local! {
@@ -379,6 +388,7 @@ impl Session {
             let Some(runs) = r else { return };
             if first {
                 runs.push(GraphRuns {
+                    graph: graph.clone(),
                     path: graph.path.clone(),
                     role: graph.spec.role.clone(),
                     precision: graph.precision,
@@ -398,6 +408,60 @@ impl Session {
     }
 
     fn run_plan(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
+        let values = self.plan_inputs(inputs)?;
+        let graph = &self.graph;
+        let outputs = self.state.run(values).map_err(|e| graph.run_err(e))?;
+        outputs
+            .into_iter()
+            .map(|v| {
+                let t = v.into_tensor();
+                if t.datum_type() == f16::datum_type() {
+                    Ok(t.cast_to::<f32>()
+                        .map_err(|e| graph.run_err(e))?
+                        .into_owned())
+                } else {
+                    Ok(t)
+                }
+            })
+            .collect()
+    }
+
+    /// Time per operator type over `runs` runs on `inputs` (given as to [`Session::run`]),
+    /// largest first: where a graph's time goes, in tract's optimised form.
+    pub fn profile_ops(
+        &mut self,
+        inputs: &[Tensor],
+        runs: usize,
+    ) -> Result<Vec<OpTime>, ModelError> {
+        let mut times: Vec<OpTime> = Vec::new();
+        for _ in 0..runs.max(1) {
+            let values = self.plan_inputs(inputs.to_vec())?;
+            let mut per_node = Vec::new();
+            self.state
+                .run_plan_with_eval(values, |ctx, state, node, input| {
+                    let start = Instant::now();
+                    let out = tract_core::plan::eval(ctx, state, node, input);
+                    per_node.push((node.op().name(), start.elapsed()));
+                    out
+                })
+                .map_err(|e| self.graph.run_err(e))?;
+            for (op, elapsed) in per_node {
+                let ms = elapsed.as_secs_f64() * 1e3 / runs.max(1) as f64;
+                match times.iter_mut().find(|t| t.op == op) {
+                    Some(t) => t.ms += ms,
+                    None => times.push(OpTime {
+                        op: op.into_owned(),
+                        ms,
+                    }),
+                }
+            }
+        }
+        times.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(times)
+    }
+
+    /// Checks inputs against the manifest and casts floats to the plan's type.
+    fn plan_inputs(&self, inputs: Vec<Tensor>) -> Result<TVec<TValue>, ModelError> {
         let graph = &self.graph;
         if inputs.len() != graph.spec.inputs.len() {
             return Err(graph.run_err(anyhow::anyhow!(
@@ -434,20 +498,7 @@ impl Session {
             };
             values.push(tensor.into_tvalue());
         }
-        let outputs = self.state.run(values).map_err(|e| graph.run_err(e))?;
-        outputs
-            .into_iter()
-            .map(|v| {
-                let t = v.into_tensor();
-                if t.datum_type() == f16::datum_type() {
-                    Ok(t.cast_to::<f32>()
-                        .map_err(|e| graph.run_err(e))?
-                        .into_owned())
-                } else {
-                    Ok(t)
-                }
-            })
-            .collect()
+        Ok(values)
     }
 
     pub fn graph(&self) -> &Graph {
