@@ -237,12 +237,20 @@ struct BenchArgs {
     /// Model package folder; repeat to compare several (default: the bundled model).
     #[arg(long = "model")]
     models: Vec<PathBuf>,
-    /// Precisions, comma-separated (f32,f16,int8); those a package does not serve are skipped.
-    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    /// Precisions, comma-separated (f32,f16,int8); those a package does not serve are skipped
+    /// (default: f32, or the profile's with --live).
+    #[arg(long, value_delimiter = ',')]
     precision: Vec<Precision>,
-    /// Thread counts, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1")]
+    /// Thread counts, comma-separated (default: 1, or the profile's with --live).
+    #[arg(long, value_delimiter = ',')]
     threads: Vec<usize>,
+    /// Measure the live loop of a device profile instead (frames at the source's rate, through
+    /// the mailbox and the profile's sinks); `--frames` frames per run, no warm-up.
+    #[arg(long)]
+    live: bool,
+    /// The profile of --live (default firmware-config/demo.toml).
+    #[arg(long, requires = "live")]
+    config: Option<PathBuf>,
     /// Timed frames per run (volumes for sam3d models).
     #[arg(long, default_value_t = 100)]
     frames: usize,
@@ -939,75 +947,42 @@ fn live(args: RunArgs) -> Result<ExitCode, Fatal> {
     })
 }
 
-fn bench(args: BenchArgs) -> Result<ExitCode, Fatal> {
-    use edgeseg::bench::{self, Progress};
+/// The progress bar and one line per finished run, on stderr.
+fn bench_progress() -> impl FnMut(edgeseg::bench::Progress) {
+    use edgeseg::bench::Progress;
     use std::io::{IsTerminal, Write};
-    let mut source = edgeseg::source::SourceConfig::from_spec(&args.source)?;
-    if let Some((w, h)) = args.size {
-        (source.width, source.height) = (Some(w), Some(h));
-    }
-    let models = if args.models.is_empty() {
-        vec![Package::default_dir()]
-    } else {
-        args.models
-    };
-    let volume_model = models
-        .iter()
-        .any(|d| Package::open(d).is_ok_and(|p| p.manifest().family == Family::Sam3d));
-    let volume_clicks = if volume_model {
-        let parse = |p: &String| parse_click3(p);
-        args.prompt
-            .points
-            .iter()
-            .map(parse)
-            .collect::<Result<_, _>>()
-            .map_err(anyhow::Error::msg)?
-    } else {
-        Vec::new()
-    };
-    let options = bench::Options {
-        models,
-        precisions: args.precision,
-        threads: args.threads,
-        frames: args.frames.max(1),
-        warmup: args.warmup,
-        source,
-        volume: args.volume,
-        volume_options: LoadOptions {
-            volume_index: args.volume_args.volume_index,
-            spacing: args.volume_args.spacing,
-        },
-        volume_clicks,
-        dump_inputs: args.dump_inputs,
-        profile_ops: args.profile_ops,
-    };
     let tty = std::io::stderr().is_terminal();
     let (mut label, mut total) = (String::new(), 0);
-    let report = bench::run(
-        &options,
-        &|package| request(&args.prompt, package),
-        &mut |p| match p {
-            Progress::Start(l, n) => (label, total) = (l.to_string(), n),
-            Progress::Frame(i) if tty => {
-                let filled = i * 30 / total.max(1);
-                let bar = format!("{}{}", "#".repeat(filled), ".".repeat(30 - filled));
-                eprint!("\r{label} [{bar}] {i}/{total}");
-                let _ = std::io::stderr().flush();
-            }
-            Progress::Frame(_) => {}
-            Progress::Done(r) => {
-                let e = r.stage("end_to_end");
-                eprintln!(
-                    "{}{label}: end-to-end p50 {:.2} ms, p99 {:.2} ms, {:.1} fps",
-                    if tty { "\r\x1b[2K" } else { "" },
-                    e.p50,
-                    e.p99,
-                    r.throughput_fps
-                );
-            }
-            Progress::Skipped(why) => eprintln!("skipped: {why}"),
-        },
-    )?;
+    move |p| match p {
+        Progress::Start(l, n) => (label, total) = (l.to_string(), n),
+        Progress::Frame(i) if tty => {
+            let filled = i * 30 / total.max(1);
+            let bar = format!("{}{}", "#".repeat(filled), ".".repeat(30 - filled));
+            eprint!("\r{label} [{bar}] {i}/{total}");
+            let _ = std::io::stderr().flush();
+        }
+        Progress::Frame(_) => {}
+        Progress::Done(r) => {
+            let e = r.stage("end_to_end");
+            eprintln!(
+                "{}{label}: end-to-end p50 {:.2} ms, p99 {:.2} ms, {:.1} fps",
+                if tty { "\r\x1b[2K" } else { "" },
+                e.p50,
+                e.p99,
+                r.throughput_fps
+            );
+        }
+        Progress::Skipped(why) => eprintln!("skipped: {why}"),
+    }
+}
+
+fn bench(args: BenchArgs) -> Result<ExitCode, Fatal> {
+    use edgeseg::bench;
+    let report = if args.live {
+        bench_live(&args)?
+    } else {
+        bench_closed_loop(&args)?
+    };
     print!("{}", report.table());
     let write = |path: &Option<PathBuf>, text: String| -> anyhow::Result<()> {
         if let Some(path) = path {
@@ -1024,6 +999,119 @@ fn bench(args: BenchArgs) -> Result<ExitCode, Fatal> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `bench --live`: the profile's live loop once per model × precision × thread count given
+/// (the profile's own where none is).
+fn bench_live(args: &BenchArgs) -> anyhow::Result<edgeseg::bench::Report> {
+    use edgeseg::bench::{self, Progress};
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(profile::DEMO));
+    let base = Profile::load(&path)?;
+    let models = or_default(
+        &args.models.iter().cloned().map(Some).collect::<Vec<_>>(),
+        None,
+    );
+    let precisions = or_default(
+        &args.precision.iter().copied().map(Some).collect::<Vec<_>>(),
+        None,
+    );
+    let threads = or_default(
+        &args.threads.iter().copied().map(Some).collect::<Vec<_>>(),
+        None,
+    );
+    let mut progress = bench_progress();
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    for model in &models {
+        for &precision in &precisions {
+            for &threads in &threads {
+                let mut profile = base.clone();
+                profile.apply(&Overrides {
+                    model: model.clone(),
+                    precision,
+                    threads,
+                    frames: Some(args.frames as u64),
+                    ..Overrides::default()
+                })?;
+                let label = format!(
+                    "{} {} {}t (live)",
+                    path.display(),
+                    profile.model.precision,
+                    profile.model.threads
+                );
+                progress(Progress::Start(&label, args.frames));
+                let run = bench::live::run(&profile)?;
+                progress(Progress::Done(&run));
+                runs.push(run);
+            }
+        }
+    }
+    Ok(bench::Report {
+        edgeseg: env!("CARGO_PKG_VERSION").to_string(),
+        machine: bench::Machine::this(),
+        wall_s: started.elapsed().as_secs_f64(),
+        runs,
+    })
+}
+
+/// `given`, or `[default]` when empty.
+fn or_default<T: Clone>(given: &[T], default: T) -> Vec<T> {
+    if given.is_empty() {
+        vec![default]
+    } else {
+        given.to_vec()
+    }
+}
+
+/// `bench`: the closed loop over frames captured beforehand.
+fn bench_closed_loop(args: &BenchArgs) -> anyhow::Result<edgeseg::bench::Report> {
+    use edgeseg::bench;
+    let mut source = edgeseg::source::SourceConfig::from_spec(&args.source)?;
+    if let Some((w, h)) = args.size {
+        (source.width, source.height) = (Some(w), Some(h));
+    }
+    let models = if args.models.is_empty() {
+        vec![Package::default_dir()]
+    } else {
+        args.models.clone()
+    };
+    let volume_model = models
+        .iter()
+        .any(|d| Package::open(d).is_ok_and(|p| p.manifest().family == Family::Sam3d));
+    let volume_clicks = if volume_model {
+        args.prompt
+            .points
+            .iter()
+            .map(|p| parse_click3(p))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?
+    } else {
+        Vec::new()
+    };
+    let options = bench::Options {
+        models,
+        precisions: or_default(&args.precision, Precision::F32),
+        threads: or_default(&args.threads, 1),
+        frames: args.frames.max(1),
+        warmup: args.warmup,
+        source,
+        volume: args.volume.clone(),
+        volume_options: LoadOptions {
+            volume_index: args.volume_args.volume_index,
+            spacing: args.volume_args.spacing,
+        },
+        volume_clicks,
+        dump_inputs: args.dump_inputs.clone(),
+        profile_ops: args.profile_ops,
+    };
+    bench::run(
+        &options,
+        &|package| request(&args.prompt, package),
+        &mut bench_progress(),
+    )
 }
 
 fn listen(port: &Path, baud: u32) -> Result<ExitCode, Fatal> {

@@ -220,6 +220,63 @@ fn every_family_is_benchmarked_with_its_default_request() {
 }
 
 #[test]
+fn a_live_run_measures_the_profile_loop_at_its_serial_link() {
+    let dir = scratch("live");
+    let profile = dir.join("profile.toml");
+    fs::write(
+        &profile,
+        format!(
+            "[source]\nkind = \"phantom\"\nfps = 60\n\n[model]\nprompt = \"dark oval lesion\"\n\n\
+             [serial]\nport = \"{0}/tty\"\nloopback_log = \"{0}/serial.log\"\nbaud = 921600\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let json = dir.join("live.json");
+    let out = edgeseg(&[
+        "bench",
+        "--live",
+        "--config",
+        profile.to_str().unwrap(),
+        "--frames",
+        "20",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = read_json(&json);
+    let run = &report["runs"][0];
+    assert_eq!(run["family"], "live");
+    assert_eq!(run["frames"], 20);
+    assert!(run["label"]
+        .as_str()
+        .unwrap()
+        .ends_with("(end-to-end at the serial sink)"));
+    // Every processed frame went through every stage and out of the link (the loop flushes
+    // its sinks before it reports).
+    for stage in [
+        "wait",
+        "preprocess",
+        "inference",
+        "postprocess",
+        "emit",
+        "end_to_end",
+        "overhead",
+    ] {
+        assert_eq!(run["stages"][stage]["count"], 20, "{stage}: {run}");
+    }
+    assert!(run["throughput_fps"].as_f64().unwrap() > 0.0);
+    assert!(
+        fs::read_to_string(dir.join("serial.log"))
+            .unwrap()
+            .lines()
+            .count()
+            >= 20
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bad_benches_fail_with_one_clear_line() {
     let out = edgeseg(&["bench", "--model", "models/no-such-model", "--frames", "1"]);
     check_failure(&out, 2, &["no-such-model"]);

@@ -13,8 +13,11 @@
 //! - The bench also measures CPU time per frame and the peak resident set of each run
 //!   ([`resources`]), and can dump each graph's first inputs so another runtime can be timed on
 //!   exactly the same tensors (`benches/reference/`).
+//! - [`live`] measures a device profile's live loop instead (`--live`): frames at the source's
+//!   rate through the mailbox and the real sinks.
 //! - [`report`] turns the runs into the comparison table, JSON and CSV; [`svg`] draws them.
 
+pub mod live;
 pub mod report;
 pub mod resources;
 pub mod svg;

@@ -115,6 +115,8 @@ pub struct Run {
     /// CPU time (all threads) per timed frame.
     pub cpu_ms_per_frame: f64,
     pub peak_rss_mib: f64,
+    /// Frames the live loop's mailbox dropped because inference was busy (`--live` only).
+    pub dropped: u64,
     /// Timed frames that failed, and the last error.
     pub failed: u64,
     pub last_error: Option<String>,
@@ -130,6 +132,8 @@ pub struct GraphReport {
     pub role: String,
     pub precision: String,
     pub fmas: u64,
+    /// Threads the graph ran on: the run's, or fewer for a small graph.
+    pub threads: usize,
     pub latency: Percentiles,
     /// 2 × multiply–adds per second at the median, 10⁹.
     pub gflops: f64,
@@ -154,6 +158,7 @@ impl GraphReport {
             role: runs.role.clone(),
             precision: runs.precision.to_string(),
             fmas: runs.fmas,
+            threads: runs.threads,
             gflops: if latency.p50 > 0.0 {
                 2.0 * runs.fmas as f64 / (latency.p50 * 1e-3) / 1e9
             } else {
@@ -184,11 +189,13 @@ impl Run {
 
 /// Stages in the order the tables and plots show them.
 pub const STAGE_ORDER: &[&str] = &[
+    "wait",
     "preprocess",
     "volume",
     "inference",
     "postprocess",
     "encode",
+    "emit",
     "end_to_end",
     "overhead",
 ];
@@ -243,6 +250,15 @@ impl Report {
                 r.peak_rss_mib
             );
         }
+        if self.runs.iter().any(|r| !r.graphs.is_empty()) {
+            self.graph_table(&mut t);
+        }
+        self.notes(&mut t);
+        t
+    }
+
+    /// One line per graph of each run.
+    fn graph_table(&self, t: &mut String) {
         let _ = writeln!(
             t,
             "\n{:<44} {:<8} {:>4} {:>3} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
@@ -257,7 +273,7 @@ impl Report {
                     format!("{}/{}", r.model, g.file),
                     g.role,
                     g.precision,
-                    r.threads,
+                    g.threads,
                     g.fmas as f64 / 1e9,
                     l.min,
                     l.p50,
@@ -273,7 +289,7 @@ impl Report {
                 let _ = write!(
                     t,
                     "\nops of {}/{} {} {}t ({total:.2} ms in operators, {:.2} ms median run):",
-                    r.model, g.file, g.precision, r.threads, g.latency.p50
+                    r.model, g.file, g.precision, g.threads, g.latency.p50
                 );
                 for o in g.ops.iter().take(TOP_OPS) {
                     let _ = write!(t, " {} {:.2} ({:.0}%)", o.op, o.ms, 100.0 * o.ms / total);
@@ -287,10 +303,21 @@ impl Report {
         {
             t.push('\n');
         }
-        if !m.native_f16 && self.runs.iter().any(|r| r.precision == "f16") {
+    }
+
+    /// Emulated f16, dropped and failed frames.
+    fn notes(&self, t: &mut String) {
+        if !self.machine.native_f16 && self.runs.iter().any(|r| r.precision == "f16") {
             let _ = writeln!(
                 t,
                 "note: this CPU has no native f16 arithmetic: the f16 runs are emulated and slower than f32"
+            );
+        }
+        for r in self.runs.iter().filter(|r| r.dropped > 0) {
+            let _ = writeln!(
+                t,
+                "{} {} {}t: {} frame(s) dropped while inference was busy",
+                r.model, r.precision, r.threads, r.dropped
             );
         }
         for r in self.runs.iter().filter(|r| r.failed > 0) {
@@ -304,7 +331,6 @@ impl Report {
                 r.last_error.as_deref().unwrap_or("")
             );
         }
-        t
     }
 
     /// CSV: one row per stage and per graph of each run, with the run's scalars repeated.

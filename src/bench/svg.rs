@@ -14,11 +14,13 @@ const PALETTE: &[&str] = &[
 
 /// The stages that add up to the end-to-end time, in pipeline order, with their colours.
 const PARTS: &[(&str, &str)] = &[
+    ("wait", "#d9d9d9"),
     ("preprocess", "#9ecae1"),
     ("volume", "#6baed6"),
     ("inference", "#08519c"),
     ("postprocess", "#fdae6b"),
     ("encode", "#e6550d"),
+    ("emit", "#a63603"),
 ];
 
 const W: f64 = 1000.0;
@@ -52,7 +54,7 @@ fn tick_step(max: f64) -> f64 {
 /// The SVG document for `report`.
 pub fn plot(report: &Report) -> String {
     let runs = &report.runs;
-    let legend_h = 18.0 * runs.len() as f64;
+    let legend_h = 18.0 * runs.len().max(2) as f64;
     let h = TOP + PLOT_H + 50.0 + legend_h + 20.0;
     let mut s = String::new();
     let _ = writeln!(
@@ -88,13 +90,14 @@ pub fn plot(report: &Report) -> String {
         .iter()
         .filter(|(part, _)| runs.iter().any(|r| r.stages.contains_key(*part)));
     for (i, (part, colour)) in present.enumerate() {
-        let x = RIGHT_X + 100.0 * i as f64;
+        let x = RIGHT_X + 105.0 * (i % 4) as f64;
+        let y = y0 + 18.0 * (i / 4) as f64;
         let _ = writeln!(
             s,
             r#"<rect x="{x}" y="{}" width="12" height="12" fill="{colour}"/><text x="{}" y="{}">{part}</text>"#,
-            y0 - 8.0,
+            y - 8.0,
             x + 16.0,
-            y0 + 2.0
+            y + 2.0
         );
     }
     s.push_str("</svg>\n");

@@ -8,7 +8,10 @@
 //! We enable the feature and give each graph its own pool of `threads` workers when
 //! `threads > 1`, so `--threads 1` is truly single-threaded (the honest baseline on a
 //! one-core board) and `--threads N` is opt-in. Pools are per graph so two streams do not
-//! contend on a global pool.
+//! contend on a global pool. A graph gets at most one thread per [`FMAS_PER_THREAD`]
+//! multiply–adds: handing a small graph's many small products to a pool costs more wake-ups
+//! than it saves (measured: the 26 M multiply–add CLIPSeg image graph took 4.1 ms on one
+//! thread and 9.3 ms on two), so `--threads N` is a ceiling each graph fills as its size allows.
 //!
 //! **Recording.** For benchmarks, [`start_recording`] makes every [`Session::run`] on the
 //! calling thread add its time to a per-graph histogram (with the graph's multiply–add count
@@ -28,6 +31,16 @@ use crate::histogram::Histogram;
 
 type Plan = Arc<TypedRunnableModel>;
 
+/// Multiply–adds per run that earn a graph one more thread (see the module doc; measured on
+/// this project's graphs with `edgeseg bench --threads 1,2`, docs/performance.md).
+pub const FMAS_PER_THREAD: u64 = 200_000_000;
+
+/// The threads a graph of `fmas` multiply–adds runs on when `threads` are allowed.
+pub fn graph_threads(threads: usize, fmas: u64) -> usize {
+    let earned = usize::try_from(fmas / FMAS_PER_THREAD).unwrap_or(usize::MAX);
+    threads.clamp(1, earned.max(1))
+}
+
 /// The runs of one graph at one precision while recording.
 #[derive(Debug, Clone)]
 pub struct GraphRuns {
@@ -38,6 +51,8 @@ pub struct GraphRuns {
     pub precision: Precision,
     /// Multiply–adds of one run, as tract counts them on the decluttered graph.
     pub fmas: u64,
+    /// Threads the graph ran on.
+    pub threads: usize,
     /// Time of each [`Session::run`], µs: input checks and casts, the plan, output casts.
     pub latency: Histogram,
     /// The inputs of the first recorded run, named, as the caller gave them (f32 for f16 plans).
@@ -92,6 +107,8 @@ pub struct Graph {
     spec: GraphSpec,
     precision: Precision,
     fmas: u64,
+    /// Threads the plan runs on.
+    threads: usize,
     plan: Plan,
 }
 
@@ -232,6 +249,7 @@ impl Graph {
             translate.transform(&mut typed).map_err(onnx_err)?;
         }
         let optimized = typed.into_optimized().map_err(onnx_err)?;
+        let threads = graph_threads(threads, fmas);
         let options = RunOptions {
             executor: (threads > 1)
                 .then(|| tract_linalg::multithread::Executor::multithread(threads)),
@@ -245,6 +263,7 @@ impl Graph {
             spec: spec.clone(),
             precision,
             fmas,
+            threads,
             plan,
         })
     }
@@ -264,6 +283,11 @@ impl Graph {
     /// Multiply–adds of one run.
     pub fn fmas(&self) -> u64 {
         self.fmas
+    }
+
+    /// Threads the plan runs on ([`graph_threads`] of what was asked).
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// A run state for one stream; reuse it for every frame of that stream.
@@ -393,6 +417,7 @@ impl Session {
                     role: graph.spec.role.clone(),
                     precision: graph.precision,
                     fmas: graph.fmas,
+                    threads: graph.threads,
                     latency: Histogram::default(),
                     first_inputs: named,
                 });
@@ -503,5 +528,19 @@ impl Session {
 
     pub fn graph(&self) -> &Graph {
         &self.graph
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_graphs_take_fewer_threads_than_allowed() {
+        assert_eq!(graph_threads(1, 10 * FMAS_PER_THREAD), 1);
+        assert_eq!(graph_threads(4, FMAS_PER_THREAD / 10), 1);
+        assert_eq!(graph_threads(4, FMAS_PER_THREAD * 2 + 1), 2);
+        assert_eq!(graph_threads(2, FMAS_PER_THREAD * 9), 2);
+        assert_eq!(graph_threads(0, 0), 1);
     }
 }
