@@ -248,7 +248,8 @@ impl Graph {
                 .ok_or_else(|| onnx_err(anyhow::anyhow!("tract lacks the f32_to_f16 transform")))?;
             translate.transform(&mut typed).map_err(onnx_err)?;
         }
-        let optimized = typed.into_optimized().map_err(onnx_err)?;
+        let mut optimized = typed.into_optimized().map_err(onnx_err)?;
+        super::softmax::replace(&mut optimized).map_err(onnx_err)?;
         let threads = graph_threads(threads, fmas);
         let options = RunOptions {
             executor: (threads > 1)

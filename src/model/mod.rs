@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod package;
 pub mod sam;
 pub mod sam3d;
+pub mod softmax;
 pub mod vlsm;
 
 use std::fmt;
