@@ -23,48 +23,15 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode};
 use edgeseg::model::{Graph, GraphSpec, Package, Precision, Session};
-use serde::Deserialize;
 use tract_onnx::prelude::Tensor;
 
-/// A parity case; only its graph and inputs are used here.
-#[derive(Deserialize)]
-struct Case {
-    graph: String,
-    inputs: Vec<TensorFile>,
-}
+#[path = "../tests/common/case.rs"]
+mod case;
 
-#[derive(Deserialize)]
-struct TensorFile {
-    name: String,
-    dtype: String,
-    shape: Vec<usize>,
-    file: String,
-}
+use case::Case;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn read_tensor(dir: &Path, t: &TensorFile) -> Tensor {
-    let path = dir.join(&t.file);
-    let bytes = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    match t.dtype.as_str() {
-        "f32" => {
-            let v: Vec<f32> = bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect();
-            Tensor::from_shape(&t.shape, &v).expect("f32 tensor")
-        }
-        "i64" => {
-            let v: Vec<i64> = bytes
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect();
-            Tensor::from_shape(&t.shape, &v).expect("i64 tensor")
-        }
-        other => panic!("{}: unsupported dtype {other}", path.display()),
-    }
 }
 
 /// The inputs of the first parity case of `spec`'s graph file in the package's fixture folder
@@ -76,25 +43,12 @@ fn case_inputs(dir: &Path, spec: &GraphSpec) -> Vec<Tensor> {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     cases.sort();
-    let case = cases
+    cases
         .iter()
-        .map(|p| {
-            let text = fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            toml::from_str::<Case>(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        })
+        .map(|p| Case::read(p))
         .find(|c| c.graph == spec.file)
-        .unwrap_or_else(|| panic!("{}: no parity case for {}", dir.display(), spec.file));
-    spec.inputs
-        .iter()
-        .map(|s| {
-            let t = case
-                .inputs
-                .iter()
-                .find(|t| t.name == s.name)
-                .unwrap_or_else(|| panic!("{}: case lacks input {}", spec.file, s.name));
-            read_tensor(dir, t)
-        })
-        .collect()
+        .unwrap_or_else(|| panic!("{}: no parity case for {}", dir.display(), spec.file))
+        .inputs_for(dir, spec)
 }
 
 /// Loads the graph on one thread, opens a session and runs it once (warm-up).

@@ -3,6 +3,8 @@
 //! and SVG outputs, dumped inputs that reproduce a graph run, volume runs, and clear errors.
 //! Nothing here asserts a time: figures are measured and reported, not tested.
 
+#[path = "common/case.rs"]
+mod case;
 mod common;
 
 use std::fs;
@@ -10,7 +12,6 @@ use std::fs;
 use common::{check_failure, edgeseg, scratch, text};
 use edgeseg::model::{Graph, Package, Precision};
 use serde_json::Value;
-use tract_onnx::prelude::Tensor;
 
 fn read_json(path: &std::path::Path) -> Value {
     serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
@@ -108,49 +109,20 @@ fn a_sweep_reports_every_run_stage_and_graph_and_writes_its_files() {
     assert_eq!(svg.matches("<polyline").count(), 4);
 
     // The dumped inputs reproduce a run of the graph they were taken from.
-    let case = dump.join("clipseg-phantom").join("image-int8-int8.toml");
-    let case: toml::Table = toml::from_str(&fs::read_to_string(&case).unwrap()).unwrap();
-    assert_eq!(case["graph"].as_str(), Some("image-int8.onnx"));
+    let case_dir = dump.join("clipseg-phantom");
+    let case = case::Case::read(&case_dir.join("image-int8-int8.toml"));
+    assert_eq!(case.graph, "image-int8.onnx");
+    assert!(case.outputs.is_empty());
     let package = Package::open(&common::root().join("models/clipseg-phantom")).unwrap();
     let spec = package
         .manifest()
         .graphs
         .iter()
-        .find(|g| g.file == "image-int8.onnx")
+        .find(|g| g.file == case.graph)
         .unwrap();
-    let bytes = fs::read(package.dir().join(&spec.file)).unwrap();
-    let graph = Graph::load(
-        &bytes,
-        &package.dir().join(&spec.file),
-        spec,
-        Precision::Int8,
-        1,
-    )
-    .unwrap();
-    let inputs: Vec<Tensor> = case["inputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            assert_eq!(t["dtype"].as_str(), Some("f32"));
-            let shape: Vec<usize> = t["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_integer().unwrap() as usize)
-                .collect();
-            let raw = fs::read(
-                dump.join("clipseg-phantom")
-                    .join(t["file"].as_str().unwrap()),
-            )
-            .unwrap();
-            let values: Vec<f32> = raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            Tensor::from_shape(&shape, &values).unwrap()
-        })
-        .collect();
+    let bytes = package.read_graph(spec).unwrap();
+    let graph = Graph::load(&bytes, &package.path(&spec.file), spec, Precision::Int8, 1).unwrap();
+    let inputs = case.inputs_for(&case_dir, spec);
     let outputs = graph.session().unwrap().run(inputs).unwrap();
     let logits = graph.values(&outputs[0]).unwrap();
     assert!(logits.iter().all(|v| v.is_finite()));

@@ -15,49 +15,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use edgeseg::model::{Graph, Package, Precision};
-use serde::Deserialize;
-use tract_onnx::prelude::Tensor;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Case {
-    graph: String,
-    inputs: Vec<TensorFile>,
-    outputs: Vec<TensorFile>,
-}
+#[path = "common/case.rs"]
+mod case;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TensorFile {
-    name: String,
-    dtype: String,
-    shape: Vec<usize>,
-    file: String,
-}
+use case::Case;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn read_tensor(dir: &Path, t: &TensorFile) -> Tensor {
-    let bytes = fs::read(dir.join(&t.file)).unwrap_or_else(|e| panic!("{}: {e}", t.file));
-    match t.dtype.as_str() {
-        "f32" => {
-            let v: Vec<f32> = bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            Tensor::from_shape(&t.shape, &v).unwrap()
-        }
-        "i64" => {
-            let v: Vec<i64> = bytes
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            Tensor::from_shape(&t.shape, &v).unwrap()
-        }
-        other => panic!("{}: unsupported dtype {other}", t.file),
-    }
 }
 
 fn tolerance(p: Precision) -> f32 {
@@ -70,7 +35,7 @@ fn tolerance(p: Precision) -> f32 {
 
 /// Runs one case at every precision its graph serves; returns (precision, worst error / scale).
 fn check_case(package_dir: &Path, case_path: &Path) -> Vec<(Precision, f32)> {
-    let case: Case = toml::from_str(&fs::read_to_string(case_path).unwrap()).unwrap();
+    let case = Case::read(case_path);
     let package = Package::open(package_dir).unwrap();
     let spec = package
         .manifest()
@@ -89,18 +54,7 @@ fn check_case(package_dir: &Path, case_path: &Path) -> Vec<(Precision, f32)> {
     let mut results = Vec::new();
     for &precision in &spec.precisions {
         let graph = Graph::load(&bytes, &package.path(&spec.file), spec, precision, 1).unwrap();
-        let inputs = spec
-            .inputs
-            .iter()
-            .map(|s| {
-                let t = case
-                    .inputs
-                    .iter()
-                    .find(|t| t.name == s.name)
-                    .expect("fixture has every input");
-                read_tensor(dir, t)
-            })
-            .collect();
+        let inputs = case.inputs_for(dir, spec);
         let outputs = graph.session().unwrap().run(inputs).unwrap();
         let mut worst = 0f32;
         for (spec_out, got) in spec.outputs.iter().zip(&outputs) {
@@ -109,7 +63,7 @@ fn check_case(package_dir: &Path, case_path: &Path) -> Vec<(Precision, f32)> {
                 .iter()
                 .find(|t| t.name == spec_out.name)
                 .expect("fixture has every output");
-            let want = read_tensor(dir, want_file);
+            let want = want_file.read(dir);
             assert_eq!(
                 got.shape(),
                 want.shape(),
@@ -164,11 +118,7 @@ fn every_shipped_graph_matches_onnxruntime() {
         // Every graph file of the package has at least one case.
         let p = Package::open(&package).unwrap();
         for g in &p.manifest().graphs {
-            let covered = cases.iter().any(|c| {
-                fs::read_to_string(c)
-                    .unwrap()
-                    .contains(&format!("\"{}\"", g.file))
-            });
+            let covered = cases.iter().any(|c| Case::read(c).graph == g.file);
             assert!(
                 covered,
                 "{}: no parity case for {}",

@@ -94,7 +94,7 @@ fn exp_le0(x: f32) -> f32 {
     let k = t - ROUND;
     let k_bits = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
-    let mut p = 8.297_653_5e-3;
+    let mut p = 8.297_654e-3;
     p = p * r + 4.191_538_2e-2;
     p = p * r + 1.666_757_5e-1;
     p = p * r + 4.999_889_5e-1;
