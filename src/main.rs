@@ -1001,60 +1001,19 @@ fn bench(args: BenchArgs) -> Result<ExitCode, Fatal> {
     })
 }
 
-/// `bench --live`: the profile's live loop once per model × precision × thread count given
-/// (the profile's own where none is).
+/// `bench --live`: the profile's live loop once per model × precision × thread count given.
 fn bench_live(args: &BenchArgs) -> anyhow::Result<edgeseg::bench::Report> {
-    use edgeseg::bench::{self, Progress};
     let path = args
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from(profile::DEMO));
-    let base = Profile::load(&path)?;
-    let models = or_default(
-        &args.models.iter().cloned().map(Some).collect::<Vec<_>>(),
-        None,
-    );
-    let precisions = or_default(
-        &args.precision.iter().copied().map(Some).collect::<Vec<_>>(),
-        None,
-    );
-    let threads = or_default(
-        &args.threads.iter().copied().map(Some).collect::<Vec<_>>(),
-        None,
-    );
-    let mut progress = bench_progress();
-    let started = Instant::now();
-    let mut runs = Vec::new();
-    for model in &models {
-        for &precision in &precisions {
-            for &threads in &threads {
-                let mut profile = base.clone();
-                profile.apply(&Overrides {
-                    model: model.clone(),
-                    precision,
-                    threads,
-                    frames: Some(args.frames as u64),
-                    ..Overrides::default()
-                })?;
-                let label = format!(
-                    "{} {} {}t (live)",
-                    path.display(),
-                    profile.model.precision,
-                    profile.model.threads
-                );
-                progress(Progress::Start(&label, args.frames));
-                let run = bench::live::run(&profile)?;
-                progress(Progress::Done(&run));
-                runs.push(run);
-            }
-        }
-    }
-    Ok(bench::Report {
-        edgeseg: env!("CARGO_PKG_VERSION").to_string(),
-        machine: bench::Machine::this(),
-        wall_s: started.elapsed().as_secs_f64(),
-        runs,
-    })
+    let sweep = edgeseg::bench::live::Sweep {
+        models: args.models.clone(),
+        precisions: args.precision.clone(),
+        threads: args.threads.clone(),
+        frames: args.frames as u64,
+    };
+    edgeseg::bench::live::sweep(&Profile::load(&path)?, &sweep, &mut bench_progress())
 }
 
 /// `given`, or `[default]` when empty.

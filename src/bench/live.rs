@@ -4,14 +4,69 @@
 //! figures are what that device would show: sustained rate, end-to-end latency and its tail at
 //! the link, and what the pipeline adds to inference.
 
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::live::{self, RunReport};
-use crate::profile::Profile;
+use crate::model::Precision;
+use crate::profile::{Overrides, Profile};
 
-use super::report::Run;
-use super::resources;
+use super::report::{Report, Run};
+use super::{resources, Progress};
+
+/// What `--live` sweeps; an empty list keeps the profile's setting.
+#[derive(Debug, Clone, Default)]
+pub struct Sweep {
+    pub models: Vec<PathBuf>,
+    pub precisions: Vec<Precision>,
+    pub threads: Vec<usize>,
+    /// Processed frames per run.
+    pub frames: u64,
+}
+
+/// `values` as overrides, or one `None` (the profile's own) when empty.
+fn overrides<T: Clone>(values: &[T]) -> Vec<Option<T>> {
+    if values.is_empty() {
+        vec![None]
+    } else {
+        values.iter().cloned().map(Some).collect()
+    }
+}
+
+/// Runs `profile`'s loop once per model × precision × thread count of `sweep`.
+pub fn sweep(
+    profile: &Profile,
+    sweep: &Sweep,
+    progress: &mut dyn FnMut(Progress),
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    for model in overrides(&sweep.models) {
+        for precision in overrides(&sweep.precisions) {
+            for threads in overrides(&sweep.threads) {
+                let mut profile = profile.clone();
+                profile.apply(&Overrides {
+                    model: model.clone(),
+                    precision,
+                    threads,
+                    frames: Some(sweep.frames),
+                    ..Overrides::default()
+                })?;
+                let label = format!(
+                    "live {} {}t",
+                    profile.model.precision, profile.model.threads
+                );
+                progress(Progress::Start(&label, sweep.frames as usize));
+                let run = run(&profile)?;
+                progress(Progress::Done(&run));
+                runs.push(run);
+            }
+        }
+    }
+    Ok(Report::new(runs, started))
+}
 
 /// The sink whose end-to-end time a live run reports: the serial link when there is one (what
 /// the device at the far end sees), else the first sink.

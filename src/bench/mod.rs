@@ -149,12 +149,7 @@ pub fn run(
             }
         }
     }
-    Ok(Report {
-        edgeseg: env!("CARGO_PKG_VERSION").to_string(),
-        machine: Machine::this(),
-        wall_s: started.elapsed().as_secs_f64(),
-        runs,
-    })
+    Ok(Report::new(runs, started))
 }
 
 /// One point of the sweep.

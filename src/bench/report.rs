@@ -201,6 +201,16 @@ pub const STAGE_ORDER: &[&str] = &[
 ];
 
 impl Report {
+    /// The report of `runs` on this machine, for a sweep begun at `started`.
+    pub fn new(runs: Vec<Run>, started: std::time::Instant) -> Report {
+        Report {
+            edgeseg: env!("CARGO_PKG_VERSION").to_string(),
+            machine: Machine::this(),
+            wall_s: started.elapsed().as_secs_f64(),
+            runs,
+        }
+    }
+
     /// The comparison table: one line per run, then one per graph of each run.
     pub fn table(&self) -> String {
         let mut t = String::new();
