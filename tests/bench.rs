@@ -249,6 +249,26 @@ fn a_live_run_measures_the_profile_loop_at_its_serial_link() {
 }
 
 #[test]
+fn a_corrupt_file_in_the_source_is_skipped_and_said() {
+    let dir = scratch("corrupt");
+    fs::copy(
+        common::root().join("samples/us_0000.png"),
+        dir.join("a.png"),
+    )
+    .unwrap();
+    fs::write(dir.join("b.png"), b"\x89PNG not really").unwrap();
+    let source = format!("folder:{}", dir.display());
+    let out = edgeseg(&[
+        "bench", "--source", &source, "--frames", "2", "--warmup", "0",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = common::stderr(&out);
+    assert!(err.contains("b.png") && err.contains("skipped"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("clipseg-phantom"));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bad_benches_fail_with_one_clear_line() {
     let out = edgeseg(&["bench", "--model", "models/no-such-model", "--frames", "1"]);
     check_failure(&out, 2, &["no-such-model"]);

@@ -185,15 +185,22 @@ impl Config<'_> {
     }
 }
 
-/// Up to [`CAPTURE`] frames from the source.
+/// Up to [`CAPTURE`] frames from the source. A frame the source fails on (a corrupt file in a
+/// folder) is reported and skipped, as in the live loop; more failures than [`CAPTURE`] end
+/// the capture with the last one.
 fn capture(config: &SourceConfig) -> anyhow::Result<Vec<Frame>> {
     let mut source = source::open(config)?;
     let stop = AtomicBool::new(false);
     let mut frames = Vec::new();
+    let mut errors = 0;
     while frames.len() < CAPTURE {
         match source.next_frame(&stop) {
             Ok(Some(frame)) => frames.push(frame),
             Ok(None) => break,
+            Err(e) if errors < CAPTURE => {
+                errors += 1;
+                log::warn!("{}: {e} (skipped)", source.describe());
+            }
             Err(e) => return Err(e).context(source.describe()),
         }
     }
@@ -272,33 +279,39 @@ impl Stats {
 }
 
 /// The timed part of a run, shared by frame and volume runs: warm-up, then `frames` calls of
-/// `step` (which records its stages and returns false for a failed frame), with CPU time,
-/// peak memory and graph runs recorded around them.
+/// `step` (which records its stages, or fails for that frame), with CPU time, peak memory and
+/// graph runs recorded around them. A failed frame, warm-up or timed, is counted in `failed`
+/// and the run goes on; a run whose every timed frame failed is an error.
 fn timed(
     options: &Options,
     run: &mut Run,
     progress: &mut dyn FnMut(Progress),
     mut step: impl FnMut(usize, &mut Stats) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    let mut last_error = None;
     let mut scratch = Stats::default();
     for i in 0..options.warmup {
-        step(i + 1, &mut scratch)?;
+        if let Err(e) = step(i + 1, &mut scratch) {
+            run.failed += 1;
+            last_error = Some(format!("{e:#}"));
+        }
     }
     let mut stats = Stats::default();
     let cpu = resources::cpu_time();
     engine::start_recording();
     let start = Instant::now();
-    let mut last_error = None;
+    let mut timed_failed = 0;
     for i in 0..options.frames {
         if let Err(e) = step(options.warmup + 1 + i, &mut stats) {
-            run.failed += 1;
+            timed_failed += 1;
             last_error = Some(format!("{e:#}"));
         }
         progress(Progress::Frame(i + 1));
     }
     let wall = start.elapsed().as_secs_f64();
     let graphs = engine::finish_recording();
-    let done = options.frames as u64 - run.failed;
+    run.failed += timed_failed;
+    let done = options.frames as u64 - timed_failed;
     if done == 0 {
         return Err(anyhow::anyhow!(
             "{}: every frame failed: {}",

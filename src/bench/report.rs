@@ -117,7 +117,7 @@ pub struct Run {
     pub peak_rss_mib: f64,
     /// Frames the live loop's mailbox dropped because inference was busy (`--live` only).
     pub dropped: u64,
-    /// Timed frames that failed, and the last error.
+    /// Frames that failed (warm-up included), and the last error.
     pub failed: u64,
     pub last_error: Option<String>,
     /// End-to-end cumulative distribution: (milliseconds, fraction at or below).
