@@ -171,6 +171,28 @@ impl Package {
         Graph::load(&bytes, &self.path(&spec.file), spec, precision, threads)
     }
 
+    /// [`Package::load_graph`] of each role, each on its own thread (parsing and optimising
+    /// are most of a model's start-up), in the order given; the first error if any fails.
+    pub fn load_graphs<const N: usize>(
+        &self,
+        roles: [&str; N],
+        precision: Precision,
+        threads: usize,
+    ) -> Result<[Graph; N], ModelError> {
+        let loaded: Vec<Result<Graph, ModelError>> = std::thread::scope(|scope| {
+            let handles =
+                roles.map(|role| scope.spawn(move || self.load_graph(role, precision, threads)));
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("graph loading does not panic"))
+                .collect()
+        });
+        let graphs = loaded.into_iter().collect::<Result<Vec<_>, _>>()?;
+        Ok(graphs
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one graph per role")))
+    }
+
     /// Checks every graph file: hash, then the full load at each precision it serves. f32 and
     /// int8 take a file as it is, so one of them is loaded; f16 translates it and is loaded too.
     pub fn verify(&self) -> Result<Vec<GraphCheck>, ModelError> {

@@ -82,8 +82,7 @@ impl Sam {
     /// Loads and optimises the encoder and decoder for `precision` on `threads` threads.
     pub fn load(package: Package, precision: Precision, threads: usize) -> Result<Sam, ModelError> {
         package.require(Family::Sam)?;
-        let encoder = package.load_graph("encoder", precision, threads)?;
-        let decoder = package.load_graph("decoder", precision, threads)?;
+        let [encoder, decoder] = package.load_graphs(["encoder", "decoder"], precision, threads)?;
         let contract = |graph: &Graph, message: String| ModelError::Contract {
             path: graph.path().to_path_buf(),
             message,

@@ -63,8 +63,7 @@ impl Sam3d {
         threads: usize,
     ) -> Result<Sam3d, ModelError> {
         package.require(Family::Sam3d)?;
-        let encoder = package.load_graph("encoder", precision, threads)?;
-        let decoder = package.load_graph("decoder", precision, threads)?;
+        let [encoder, decoder] = package.load_graphs(["encoder", "decoder"], precision, threads)?;
         let patch = match encoder.shape_of(VOLUME)? {
             [1, 1, d, h, w] => [*w, *h, *d],
             other => {

@@ -70,16 +70,27 @@ impl Vlsm {
             .prompt
             .as_ref()
             .expect("vlsm manifests have [prompt] (checked at parse)");
-        let tokenizer =
-            ClipTokenizer::from_file(&package.path(&prompt.tokenizer), prompt.context_length)?;
-        let form = if m.graphs.iter().any(|g| g.role == "joint") {
-            Form::Joint(package.load_graph("joint", precision, threads)?)
-        } else {
-            Form::Split {
-                text: package.load_graph("text", precision, threads)?,
-                image: package.load_graph("image", precision, threads)?,
-            }
-        };
+        // The tokenizer loads on another thread while the graphs are optimised (each on its
+        // own): on a multi-core board that takes most of the tokenizer's load off the start.
+        let (tokenizer, form) = std::thread::scope(|scope| {
+            let tokenizer = scope.spawn(|| {
+                ClipTokenizer::from_file(&package.path(&prompt.tokenizer), prompt.context_length)
+            });
+            let form = if m.graphs.iter().any(|g| g.role == "joint") {
+                package
+                    .load_graph("joint", precision, threads)
+                    .map(Form::Joint)
+            } else {
+                package
+                    .load_graphs(["text", "image"], precision, threads)
+                    .map(|[text, image]| Form::Split { text, image })
+            };
+            let tokenizer = tokenizer
+                .join()
+                .expect("the tokenizer loader does not panic");
+            (tokenizer, form)
+        });
+        let (tokenizer, form) = (tokenizer?, form?);
         let preprocessor = package.preprocessor()?;
         let graphs: Vec<&Graph> = match &form {
             Form::Split { text, image } => vec![text, image],
