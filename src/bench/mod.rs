@@ -475,17 +475,9 @@ fn source_name(config: &SourceConfig) -> String {
 /// file name.
 fn dump_inputs(dir: &Path, graph: &engine::GraphRuns) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let stem = graph
-        .path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "graph".into());
-    let case = format!("{stem}-{}", graph.precision);
-    let file = graph
-        .path
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let file = &graph.graph.spec().file;
+    let stem = file.strip_suffix(".onnx").unwrap_or(file);
+    let case = format!("{stem}-{}", graph.graph.precision());
     let mut toml = format!("graph = \"{file}\"\noutputs = []\n");
     for (name, tensor) in &graph.first_inputs {
         let (dtype, bytes) = tensor_bytes(tensor)?;

@@ -149,18 +149,15 @@ const TOP_OPS: usize = 6;
 impl GraphReport {
     pub fn new(runs: &GraphRuns, inputs: Option<String>) -> GraphReport {
         let latency = runs.latency.percentiles();
+        let graph = &runs.graph;
         GraphReport {
-            file: runs
-                .path
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            role: runs.role.clone(),
-            precision: runs.precision.to_string(),
-            fmas: runs.fmas,
-            threads: runs.threads,
+            file: graph.spec().file.clone(),
+            role: graph.spec().role.clone(),
+            precision: graph.precision().to_string(),
+            fmas: graph.fmas(),
+            threads: graph.threads(),
             gflops: if latency.p50 > 0.0 {
-                2.0 * runs.fmas as f64 / (latency.p50 * 1e-3) / 1e9
+                2.0 * graph.fmas() as f64 / (latency.p50 * 1e-3) / 1e9
             } else {
                 0.0
             },

@@ -44,15 +44,8 @@ pub fn graph_threads(threads: usize, fmas: u64) -> usize {
 /// The runs of one graph at one precision while recording.
 #[derive(Debug, Clone)]
 pub struct GraphRuns {
-    /// The graph itself, to run again (profiling).
+    /// The graph (file, role, precision, multiply–adds, threads), to run again for profiling.
     pub graph: Graph,
-    pub path: PathBuf,
-    pub role: String,
-    pub precision: Precision,
-    /// Multiply–adds of one run, as tract counts them on the decluttered graph.
-    pub fmas: u64,
-    /// Threads the graph ran on.
-    pub threads: usize,
     /// Time of each [`Session::run`], µs: input checks and casts, the plan, output casts.
     pub latency: Histogram,
     /// The inputs of the first recorded run, named, as the caller gave them (f32 for f16 plans).
@@ -291,6 +284,11 @@ impl Graph {
         self.threads
     }
 
+    /// The same file at the same precision (what recording keys its histograms by).
+    fn same_as(&self, other: &Graph) -> bool {
+        self.path == other.path && self.precision == other.precision
+    }
+
     /// A run state for one stream; reuse it for every frame of that stream.
     pub fn session(&self) -> Result<Session, ModelError> {
         let state = TypedSimpleState::new(&self.plan).map_err(|e| self.run_err(e))?;
@@ -390,11 +388,8 @@ impl Session {
     pub fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
         // None: not recording; Some(true): the first recorded run of this graph.
         let first = RECORDING.with_borrow(|r| {
-            r.as_ref().map(|runs| {
-                !runs
-                    .iter()
-                    .any(|g| g.path == self.graph.path && g.precision == self.graph.precision)
-            })
+            r.as_ref()
+                .map(|runs| !runs.iter().any(|g| g.graph.same_as(&self.graph)))
         });
         let Some(first) = first else {
             return self.run_plan(inputs);
@@ -414,19 +409,11 @@ impl Session {
             if first {
                 runs.push(GraphRuns {
                     graph: graph.clone(),
-                    path: graph.path.clone(),
-                    role: graph.spec.role.clone(),
-                    precision: graph.precision,
-                    fmas: graph.fmas,
-                    threads: graph.threads,
                     latency: Histogram::default(),
                     first_inputs: named,
                 });
             }
-            if let Some(g) = runs
-                .iter_mut()
-                .find(|g| g.path == graph.path && g.precision == graph.precision)
-            {
+            if let Some(g) = runs.iter_mut().find(|g| g.graph.same_as(graph)) {
                 g.latency.record(micros);
             }
         });
