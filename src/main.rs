@@ -916,8 +916,9 @@ fn live(args: RunArgs) -> Result<ExitCode, Fatal> {
         println!("           {}", profile.description);
     }
     println!(
-        "model      {} loaded in {:.0} ms, prompt \"{}\"",
+        "model      {} ({}) loaded in {:.0} ms, prompt \"{}\"",
         setup.model,
+        profile.model.precision,
         setup.load.as_secs_f64() * 1e3,
         profile.model.prompt
     );

@@ -219,6 +219,11 @@ fn a_live_run_measures_the_profile_loop_at_its_serial_link() {
     let report = read_json(&json);
     let run = &report["runs"][0];
     assert_eq!(run["family"], "live");
+    assert_eq!(run["model"], "clipseg-phantom");
+    assert!(run["dir"]
+        .as_str()
+        .unwrap()
+        .ends_with("models/clipseg-phantom"));
     assert_eq!(run["frames"], 20);
     assert!(run["label"]
         .as_str()

@@ -86,12 +86,7 @@ pub fn run(profile: &Profile) -> anyhow::Result<Run> {
     let mut run = from_report(&report);
     run.precision = profile.model.precision.to_string();
     run.threads = profile.model.threads;
-    run.dir = profile
-        .model
-        .path
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
+    run.dir = setup.model_dir.display().to_string();
     run.model = setup.model;
     run.load_ms = setup.load.as_secs_f64() * 1e3;
     run.cpu_ms_per_frame = cpu.as_secs_f64() * 1e3 / report.processed.max(1) as f64;

@@ -2,6 +2,7 @@
 //! Everything that can be checked before the first frame is checked here, so a bad profile,
 //! model or device fails the start with one clear error instead of a run that does nothing.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -27,7 +28,8 @@ pub struct Setup {
     pub limits: Limits,
     /// The built-in receiver of a loopback serial link, if the profile asks for one.
     pub loopback: Option<Loopback>,
-    /// The model's name and precision, for the banner.
+    /// The model package's folder and name.
+    pub model_dir: PathBuf,
     pub model: String,
     /// Time to load and optimise the model.
     pub load: Duration,
@@ -52,7 +54,7 @@ pub fn setup(profile: &Profile) -> anyhow::Result<Setup> {
     };
     let segmenter = FrameModel::open(package, m.precision, m.threads, &request)?;
     let load = start.elapsed();
-    let model = format!("{} ({})", segmenter.package().name(), segmenter.precision());
+    let model = segmenter.package().name().to_string();
     let roi = Roi::new(&profile.roi).context("[roi]")?;
     let smoother = Smoother::new(&profile.smoothing).context("[smoothing]")?;
     let mut stages = Stages::new(roi, Box::new(segmenter), smoother);
@@ -112,6 +114,7 @@ pub fn setup(profile: &Profile) -> anyhow::Result<Setup> {
             duration: profile.run.seconds.map(Duration::from_secs_f64),
         },
         loopback,
+        model_dir: dir,
         model,
         load,
     })
