@@ -9,6 +9,7 @@ pub mod engine;
 pub mod frame_model;
 pub mod manifest;
 pub mod package;
+pub mod quantize;
 pub mod sam;
 pub mod sam3d;
 pub mod softmax;

@@ -58,27 +58,18 @@ impl TypedOp for RowSoftmax {
 /// Replaces every f32 last-axis softmax of `model` (an optimised plan's model) with
 /// [`RowSoftmax`]; returns how many were replaced.
 pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
+    super::engine::swap_ops(model, |model, node| {
         let Some(op) = node.op_as::<Softmax>() else {
-            continue;
+            return Ok(None);
         };
         let fact = model.outlet_fact(node.inputs[0])?;
         let last = fact.rank().checked_sub(1);
-        if op.kind != SoftmaxKind::Softmax
-            || op.quant_output_dt.is_some()
-            || fact.datum_type != f32::datum_type()
-            || op.axes.as_slice() != last.as_slice()
-        {
-            continue;
-        }
-        let inputs = node.inputs.clone();
-        let patch = TypedModelPatch::replace_single_op(model, node, &inputs, RowSoftmax)?;
-        patch.apply(model)?;
-        replaced += 1;
-    }
-    Ok(replaced)
+        let row_softmax = op.kind == SoftmaxKind::Softmax
+            && op.quant_output_dt.is_none()
+            && fact.datum_type == f32::datum_type()
+            && op.axes.as_slice() == last.as_slice();
+        Ok(row_softmax.then(|| Box::new(RowSoftmax) as Box<dyn TypedOp>))
+    })
 }
 
 /// e^x for x ≤ 0 (x − row max), as tract's kernels compute it: x = k·ln 2 + r with k rounded

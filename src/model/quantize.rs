@@ -1,0 +1,287 @@
+//! A vectorised f32 → u8/i8 `QuantizeLinear`, swapped into optimised plans for tract's own.
+//!
+//! An int8 graph quantizes every activation that feeds a quantized matrix product (the QDQ
+//! form, [precision.md](../../docs/precision.md)). tract computes each element on its own,
+//! rounding with a branch per value, and the operator profile put those quantizations at
+//! 20–38 % of every int8 graph. [`QuantizeF32`] runs the same arithmetic in one flat loop the
+//! compiler vectorises (AVX2 where the CPU has it): `clamp(round_half_even(x · scale) + zero
+//! point)`, with `scale` the reciprocal tract already folded in. Its output is bit-identical to
+//! tract's wherever x · scale is within ±2³¹ (tested over rounding ties, saturation and NaN);
+//! beyond, infinities included, it saturates where tract's integer addition wraps.
+//!
+//! Only f32 inputs are replaced; tract's operator stays for f16 and i32 inputs.
+
+use tract_core::internal::*;
+use tract_core::ops::element_wise::ElementWiseOp;
+use tract_core::ops::quant::{QuantizeLinearI8, QuantizeLinearU8};
+
+/// `QuantizeLinear` of an f32 tensor to u8 or i8.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizeF32 {
+    /// Multiplies the input (tract keeps the reciprocal of ONNX's scale).
+    pub scale: f32,
+    pub zero_point: i32,
+    /// `U8` or `I8`.
+    pub output: DatumType,
+}
+
+impl Eq for QuantizeF32 {}
+
+impl Op for QuantizeF32 {
+    fn name(&self) -> StaticName {
+        "QuantizeF32".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "to {:?}, scale: {} zero_point: {}",
+            self.output, self.scale, self.zero_point
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for QuantizeF32 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let plain = input.try_as_plain_ram()?;
+        let xs = plain.as_slice::<f32>()?;
+        // SAFETY: every element is written below.
+        let mut output = unsafe { Tensor::uninitialized_dt(self.output, input.shape())? };
+        {
+            let mut out = output.try_as_plain_ram_mut()?;
+            match self.output {
+                DatumType::U8 => quantize(xs, out.as_slice_mut::<u8>()?, self),
+                DatumType::I8 => quantize(xs, out.as_slice_mut::<i8>()?, self),
+                dt => bail!("QuantizeF32 cannot output {dt:?}"),
+            }
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for QuantizeF32 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(self.output.fact(inputs[0].shape.clone())))
+    }
+
+    as_op!();
+}
+
+/// The 8-bit outputs, with their range.
+trait Quantized: Copy {
+    const MIN: i32;
+    const MAX: i32;
+    fn from_i32(v: i32) -> Self;
+}
+
+impl Quantized for u8 {
+    const MIN: i32 = u8::MIN as i32;
+    const MAX: i32 = u8::MAX as i32;
+    fn from_i32(v: i32) -> Self {
+        v as u8
+    }
+}
+
+impl Quantized for i8 {
+    const MIN: i32 = i8::MIN as i32;
+    const MAX: i32 = i8::MAX as i32;
+    fn from_i32(v: i32) -> Self {
+        v as i8
+    }
+}
+
+/// Quantizes `xs` into `ys`, with AVX2 and FMA where the CPU has them (the body is the same;
+/// the wider vectors are the compiler's).
+fn quantize<T: Quantized>(xs: &[f32], ys: &mut [T], op: &QuantizeF32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        unsafe { quantize_avx2(xs, ys, op.scale, op.zero_point) };
+        return;
+    }
+    quantize_slice(xs, ys, op.scale, op.zero_point);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_avx2<T: Quantized>(xs: &[f32], ys: &mut [T], scale: f32, zero_point: i32) {
+    quantize_slice(xs, ys, scale, zero_point);
+}
+
+/// tract's `quantize_linear_f32_{u8,i8}`: round half to even, add the zero point, saturate.
+/// NaN becomes the zero point, as there (a float-to-integer cast of NaN is 0). Where x · scale
+/// is beyond ±2³¹ (infinities), this saturates; tract's i32 addition wraps there.
+#[inline(always)]
+fn quantize_slice<T: Quantized>(xs: &[f32], ys: &mut [T], scale: f32, zero_point: i32) {
+    // In floats up to the last step, so the loop vectorises (a saturating float-to-integer cast
+    // does not). Rounded values and the zero point are integers, exact in f32 below 2²⁴, and
+    // larger ones saturate either way.
+    let zero = zero_point as f32;
+    for (x, y) in xs.iter().zip(ys.iter_mut()) {
+        let q = (x * scale).round_ties_even() + zero;
+        let q = if q.is_nan() { zero } else { q };
+        let q = q.clamp(T::MIN as f32, T::MAX as f32);
+        // SAFETY: q is finite and within the output's range.
+        *y = T::from_i32(unsafe { q.to_int_unchecked::<i32>() });
+    }
+}
+
+/// Replaces every f32-input `QuantizeLinearU8`/`QuantizeLinearI8` of `model` (an optimised
+/// plan's model) with [`QuantizeF32`]; returns how many were replaced.
+pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
+    super::engine::swap_ops(model, |model, node| {
+        let Some(ElementWiseOp(mini, None)) = node.op_as::<ElementWiseOp>() else {
+            return Ok(None);
+        };
+        if model.outlet_fact(node.inputs[0])?.datum_type != f32::datum_type() {
+            return Ok(None);
+        }
+        let op = if let Some(q) = mini.downcast_ref::<QuantizeLinearU8>() {
+            QuantizeF32 {
+                scale: q.scale,
+                zero_point: i32::from(q.zero_point),
+                output: DatumType::U8,
+            }
+        } else if let Some(q) = mini.downcast_ref::<QuantizeLinearI8>() {
+            QuantizeF32 {
+                scale: q.scale,
+                zero_point: i32::from(q.zero_point),
+                output: DatumType::I8,
+            }
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(Box::new(op)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_core::ops::quant::{quantize_linear_f32_i8, quantize_linear_f32_u8};
+
+    /// Values around every rounding tie and both saturations, NaN and -0.
+    fn inputs() -> Vec<f32> {
+        let mut xs: Vec<f32> = (-3000..=3000).map(|i| i as f32 * 0.25).collect();
+        xs.extend((-300..=300).map(|i| i as f32 * 0.5 + 1e-3));
+        xs.extend([f32::NAN, -0.0, 1e6, -1e6]);
+        xs
+    }
+
+    #[test]
+    fn infinities_saturate() {
+        let xs = [f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN];
+        let mut ys = [0u8; 4];
+        let op = QuantizeF32 {
+            scale: 1.0,
+            zero_point: 100,
+            output: DatumType::U8,
+        };
+        quantize(&xs, &mut ys, &op);
+        assert_eq!(ys, [255, 0, 255, 0]);
+    }
+
+    #[test]
+    fn matches_tract_bit_for_bit() {
+        let xs = inputs();
+        for (scale, zero_point) in [(1.0, 0), (0.5, 128), (3.7, 17), (40.0, 255), (1e-3, 3)] {
+            let mut ys = vec![0u8; xs.len()];
+            let op = QuantizeF32 {
+                scale,
+                zero_point,
+                output: DatumType::U8,
+            };
+            quantize(&xs, &mut ys, &op);
+            for (x, y) in xs.iter().zip(&ys) {
+                assert_eq!(*y, quantize_linear_f32_u8(*x, scale, zero_point), "u8 {x}");
+            }
+        }
+        for (scale, zero_point) in [(1.0, 0), (0.5, -128), (3.7, 17), (40.0, 127), (2.0, -5)] {
+            let mut ys = vec![0i8; xs.len()];
+            let op = QuantizeF32 {
+                scale,
+                zero_point,
+                output: DatumType::I8,
+            };
+            quantize(&xs, &mut ys, &op);
+            for (x, y) in xs.iter().zip(&ys) {
+                assert_eq!(*y, quantize_linear_f32_i8(*x, scale, zero_point), "i8 {x}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_plan_swaps_f32_quantizations_only_and_computes_the_same() {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([4, 300])).unwrap();
+        let to_u8 = model
+            .wire_node(
+                "to_u8",
+                ElementWiseOp(
+                    Box::new(QuantizeLinearU8 {
+                        scale: 2.5,
+                        zero_point: 120,
+                    }),
+                    None,
+                ),
+                &[x],
+            )
+            .unwrap();
+        let to_i8 = model
+            .wire_node(
+                "to_i8",
+                ElementWiseOp(
+                    Box::new(QuantizeLinearI8 {
+                        scale: 0.75,
+                        zero_point: -3,
+                    }),
+                    None,
+                ),
+                &[x],
+            )
+            .unwrap();
+        let i = model.add_source("i", i32::fact([4])).unwrap();
+        let int = model
+            .wire_node(
+                "from_i32",
+                ElementWiseOp(
+                    Box::new(QuantizeLinearU8 {
+                        scale: 1.0,
+                        zero_point: 0,
+                    }),
+                    None,
+                ),
+                &[i],
+            )
+            .unwrap();
+        model
+            .select_output_outlets(&[to_u8[0], to_i8[0], int[0]])
+            .unwrap();
+        let before = model.clone().into_runnable().unwrap();
+        assert_eq!(replace(&mut model).unwrap(), 2);
+        let quantize_f32 = model
+            .nodes()
+            .iter()
+            .filter(|n| n.op_is::<QuantizeF32>())
+            .count();
+        assert_eq!(quantize_f32, 2);
+        let after = model.into_runnable().unwrap();
+        let data: Vec<f32> = (0..1200).map(|i| (i as f32 - 600.0) * 0.37).collect();
+        let inputs = || {
+            tvec![
+                Tensor::from_shape(&[4, 300], &data).unwrap().into(),
+                Tensor::from_shape(&[4], &[-7i32, 0, 100, 300])
+                    .unwrap()
+                    .into(),
+            ]
+        };
+        let (a, b) = (before.run(inputs()).unwrap(), after.run(inputs()).unwrap());
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(a, b);
+        }
+    }
+}
