@@ -548,16 +548,13 @@ fn detect(frame: &Frame, threshold: u8, margin: u32) -> Region {
         .zip(bright.chunks_exact_mut(w))
         .enumerate()
     {
+        // One flat pass over the row (vectorised), then the counts per block.
+        for (px, b) in row.chunks_exact(3).zip(out.iter_mut()) {
+            *b = px[0].max(px[1]).max(px[2]) > threshold;
+        }
         let grid_row = &mut counts[(y / block) * gw..(y / block + 1) * gw];
-        for ((pixels, bits), count) in row
-            .chunks(block * 3)
-            .zip(out.chunks_mut(block))
-            .zip(grid_row.iter_mut())
-        {
-            for (px, b) in pixels.chunks_exact(3).zip(bits.iter_mut()) {
-                *b = px[0].max(px[1]).max(px[2]) > threshold;
-                *count += usize::from(*b);
-            }
+        for (bits, count) in out.chunks(block).zip(grid_row.iter_mut()) {
+            *count += bits.iter().map(|&b| usize::from(b)).sum::<usize>();
         }
     }
     let blocks: Vec<bool> = counts
