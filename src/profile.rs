@@ -84,6 +84,9 @@ pub struct RunConfig {
     pub frames: Option<u64>,
     /// Stop after this many seconds.
     pub seconds: Option<f64>,
+    /// While running, keep every CPU's idle-state exit latency at or below this many
+    /// microseconds (`live::idle`); costs power, needs write access to `/dev/cpu_dma_latency`.
+    pub idle_latency_us: Option<u32>,
 }
 
 /// One device profile.
@@ -232,6 +235,7 @@ impl Profile {
             self.run = RunConfig {
                 frames: o.frames,
                 seconds: o.seconds,
+                ..self.run
             };
         }
         Ok(())
@@ -370,7 +374,8 @@ mod tests {
     fn overrides_replace_only_what_they_name() {
         let text = format!(
             "{MINIMAL}[display]\nbackend = \"png\"\npath = \"a\"\nevery = 5\n\n\
-             [serial]\nport = \"x/tty\"\nloopback_log = \"x/log\"\nheartbeat_ms = 250\n"
+             [serial]\nport = \"x/tty\"\nloopback_log = \"x/log\"\nheartbeat_ms = 250\n\n\
+             [run]\nseconds = 9\nidle_latency_us = 0\n"
         );
         let mut p = parse(&text).unwrap();
         p.apply(&Overrides {
@@ -393,7 +398,10 @@ mod tests {
             (9600, 250, true)
         );
         assert_eq!(p.model.prompt, "polyp");
-        assert_eq!(p.run.frames, Some(3));
+        assert_eq!(
+            (p.run.frames, p.run.seconds, p.run.idle_latency_us),
+            (Some(3), None, Some(0))
+        );
 
         p.apply(&Overrides {
             display: Some("none".into()),

@@ -7,8 +7,10 @@
 //! - [`report`]: the end-of-run summary (latency percentiles from [`crate::histogram`]).
 //! - [`setup`]: a device profile turned into a source, stages and sinks.
 //! - [`control`]: `adapter NAME` lines from stdin or a control file.
+//! - [`idle`]: the CPU idle-latency request a profile can hold while it runs.
 
 pub mod control;
+pub mod idle;
 pub mod pipeline;
 pub mod queue;
 pub mod report;

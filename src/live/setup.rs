@@ -17,6 +17,7 @@ use crate::smoothing::Smoother;
 use crate::source::{self, Source};
 
 use super::control::{self, Control};
+use super::idle::{self, IdleLatency};
 use super::pipeline::{Limits, SinkSlot};
 use super::stages::Stages;
 
@@ -33,6 +34,8 @@ pub struct Setup {
     pub model: String,
     /// Time to load and optimise the model.
     pub load: Duration,
+    /// The profile's CPU idle-latency request, held while this field lives.
+    pub idle_latency: Option<IdleLatency>,
 }
 
 /// Opens every part of the run `profile` describes.
@@ -105,6 +108,16 @@ pub fn setup(profile: &Profile) -> anyhow::Result<Setup> {
         });
     }
     let source = source::open(&profile.source)?;
+    let idle_latency = profile.run.idle_latency_us.and_then(|us| {
+        IdleLatency::hold(us)
+            .map_err(|e| {
+                log::warn!(
+                    "run.idle_latency_us: cannot hold {}: {e}; CPUs may wake slowly between frames",
+                    idle::DEVICE
+                )
+            })
+            .ok()
+    });
     Ok(Setup {
         source,
         stages,
@@ -117,5 +130,6 @@ pub fn setup(profile: &Profile) -> anyhow::Result<Setup> {
         model_dir: dir,
         model,
         load,
+        idle_latency,
     })
 }
