@@ -32,8 +32,8 @@
 //! maps the crate's BPE builder takes, the small parts (normalizer, pre-tokenizer,
 //! post-processor, decoder, added tokens) through the crate's own types. The crate's
 //! `Tokenizer::from_bytes` buffers the whole model into an untyped tree before it reads it,
-//! which made it take 108–177 ms here against 50–90 ms read this way; the tokenizer is the
-//! longest part of a VLSM model's cold start. Both merge forms are read: `["a", "b"]` pairs and
+//! which made it take 108–177 ms here against 50–90 ms read this way, and made the tokenizer
+//! the longest part of a VLSM model's cold start. Both merge forms are read: `["a", "b"]` pairs and
 //! the older `"a b"` strings.
 //!
 //! Truncation and padding are configured once, when the file is loaded, so
