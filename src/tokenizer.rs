@@ -264,9 +264,13 @@ struct BpeFile {
     unk_token: Option<String>,
     continuing_subword_prefix: Option<String>,
     end_of_word_suffix: Option<String>,
-    fuse_unk: Option<bool>,
-    byte_fallback: Option<bool>,
-    ignore_merges: Option<bool>,
+    // Absent flags are false, as in the crate's own reader.
+    #[serde(default)]
+    fuse_unk: bool,
+    #[serde(default)]
+    byte_fallback: bool,
+    #[serde(default)]
+    ignore_merges: bool,
 }
 
 /// One merge: a `["a", "b"]` pair or an `"a b"` string.
@@ -316,7 +320,11 @@ impl TokenizerFile {
             ));
         }
         let merges = model.merges.into_iter().map(|Merge(a, b)| (a, b)).collect();
-        let mut bpe = BPE::builder().vocab_and_merges(model.vocab, merges);
+        let mut bpe = BPE::builder()
+            .vocab_and_merges(model.vocab, merges)
+            .fuse_unk(model.fuse_unk)
+            .byte_fallback(model.byte_fallback)
+            .ignore_merges(model.ignore_merges);
         if let Some(dropout) = model.dropout {
             bpe = bpe.dropout(dropout);
         }
@@ -328,15 +336,6 @@ impl TokenizerFile {
         }
         if let Some(suffix) = model.end_of_word_suffix {
             bpe = bpe.end_of_word_suffix(suffix);
-        }
-        if let Some(fuse) = model.fuse_unk {
-            bpe = bpe.fuse_unk(fuse);
-        }
-        if let Some(fallback) = model.byte_fallback {
-            bpe = bpe.byte_fallback(fallback);
-        }
-        if let Some(ignore) = model.ignore_merges {
-            bpe = bpe.ignore_merges(ignore);
         }
         let mut tokenizer = Tokenizer::new(bpe.build().map_err(|e| e.to_string())?);
         tokenizer
