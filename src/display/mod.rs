@@ -237,6 +237,8 @@ pub struct DisplaySink {
     style: Style,
     /// Reused between frames while the size stays the same.
     canvas: Option<Canvas>,
+    /// The back end writes snapshots to files (`png`) rather than driving a screen.
+    snapshots: bool,
 }
 
 impl std::fmt::Debug for DisplaySink {
@@ -276,6 +278,7 @@ impl DisplaySink {
             size: configured.or(native),
             style: Style::new(config.color),
             canvas: None,
+            snapshots: config.backend == Backend::Png,
         })
     }
 
@@ -317,6 +320,11 @@ impl Sink for DisplaySink {
 
     fn emit(&mut self, out: &Emitted) -> Result<(), SinkError> {
         self.draw(out).map_err(SinkError::from)
+    }
+
+    /// PNG snapshots are looked at later; a screen shows the frame now.
+    fn background(&self) -> bool {
+        self.snapshots
     }
 }
 
@@ -423,6 +431,7 @@ mod tests {
         sink.emit(&emitted(0, 8, 8)).unwrap();
         assert!(sink.canvas().is_none());
         assert_eq!(sink.name(), "display");
+        assert!(!sink.background(), "a screen shows frames now");
     }
 
     #[test]
@@ -442,6 +451,7 @@ mod tests {
             .unwrap()
         };
         let mut sink = DisplaySink::open(&config("")).unwrap();
+        assert!(sink.background(), "PNG snapshots are looked at later");
         sink.emit(&emitted(0, 40, 30)).unwrap();
         assert_eq!(
             sink.canvas().map(|c| (c.width(), c.height())),

@@ -9,7 +9,9 @@
 //! - The inference thread takes the newest frame and runs [`Stages::process`]; a frame that
 //!   fails is reported and counted, and the loop goes on.
 //! - Each sink has its own bounded queue with a drop policy; pushing never blocks inference.
-//!   Sink errors are reported and counted; the sink is called again with the next frame.
+//!   Sink errors are reported and counted; the sink is called again with the next frame. A
+//!   sink whose work is off the latency path ([`Sink::background`]) runs in the idle
+//!   scheduling class, so it never holds a CPU another sink's frame is waiting for.
 //! - Source errors are reported and counted; the source is asked again after a back-off (50 ms
 //!   doubling to 2 s).
 //!
@@ -22,6 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::background;
 use crate::frame::Frame;
 use crate::sink::{Counters, Emitted, Sink, Timestamps};
 use crate::source::pacing::sleep_until;
@@ -136,53 +139,58 @@ pub fn run(
             let mut sink = slot.sink;
             thread::Builder::new()
                 .name(format!("sink-{}", sink.name()))
-                .spawn_scoped(scope, move || loop {
-                    match queue.pop(Duration::from_secs(1)) {
-                        Pop::Item(out) => {
-                            let start = now_us();
-                            let result = sink.emit(&out);
-                            let end = now_us();
-                            let mut st = lock(st);
-                            match result {
-                                Ok(()) => {
-                                    st.emitted += 1;
-                                    st.emit.record(end - start);
-                                    let e2e = end.saturating_sub(out.timestamps.capture_us);
-                                    st.end_to_end.record(e2e);
-                                    let ts = out.timestamps;
-                                    let inference = ts.inference_end_us - ts.preprocess_end_us;
-                                    st.overhead.record(e2e.saturating_sub(inference));
-                                    if i == 0 {
-                                        counts.last_latency_us.store(e2e, Ordering::SeqCst);
+                .spawn_scoped(scope, move || {
+                    if sink.background() {
+                        background::lower(&format!("{} sink", sink.name()));
+                    }
+                    loop {
+                        match queue.pop(Duration::from_secs(1)) {
+                            Pop::Item(out) => {
+                                let start = now_us();
+                                let result = sink.emit(&out);
+                                let end = now_us();
+                                let mut st = lock(st);
+                                match result {
+                                    Ok(()) => {
+                                        st.emitted += 1;
+                                        st.emit.record(end - start);
+                                        let e2e = end.saturating_sub(out.timestamps.capture_us);
+                                        st.end_to_end.record(e2e);
+                                        let ts = out.timestamps;
+                                        let inference = ts.inference_end_us - ts.preprocess_end_us;
+                                        st.overhead.record(e2e.saturating_sub(inference));
+                                        if i == 0 {
+                                            counts.last_latency_us.store(e2e, Ordering::SeqCst);
+                                        }
+                                    }
+                                    Err(e) => {
+                                        st.errors += 1;
+                                        if st.errors.is_power_of_two() {
+                                            log::warn!(
+                                                "{} sink: {e} ({} errors so far)",
+                                                sink.name(),
+                                                st.errors
+                                            );
+                                        }
+                                        st.last_error = Some(e.to_string());
                                     }
                                 }
-                                Err(e) => {
+                            }
+                            Pop::Timeout => {
+                                if let Err(e) = sink.idle(counts.snapshot()) {
+                                    log::warn!("{} sink: {e}", sink.name());
+                                    lock(st).last_error = Some(e.to_string());
+                                }
+                            }
+                            Pop::Closed => {
+                                if let Err(e) = sink.finish(counts.snapshot()) {
+                                    log::warn!("{} sink: {e}", sink.name());
+                                    let mut st = lock(st);
                                     st.errors += 1;
-                                    if st.errors.is_power_of_two() {
-                                        log::warn!(
-                                            "{} sink: {e} ({} errors so far)",
-                                            sink.name(),
-                                            st.errors
-                                        );
-                                    }
                                     st.last_error = Some(e.to_string());
                                 }
+                                return;
                             }
-                        }
-                        Pop::Timeout => {
-                            if let Err(e) = sink.idle(counts.snapshot()) {
-                                log::warn!("{} sink: {e}", sink.name());
-                                lock(st).last_error = Some(e.to_string());
-                            }
-                        }
-                        Pop::Closed => {
-                            if let Err(e) = sink.finish(counts.snapshot()) {
-                                log::warn!("{} sink: {e}", sink.name());
-                                let mut st = lock(st);
-                                st.errors += 1;
-                                st.last_error = Some(e.to_string());
-                            }
-                            return;
                         }
                     }
                 })

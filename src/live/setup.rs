@@ -58,7 +58,7 @@ pub fn setup(profile: &Profile) -> anyhow::Result<Setup> {
     let segmenter = FrameModel::open(package, m.precision, m.threads, &request)?;
     let load = start.elapsed();
     let model = segmenter.package().name().to_string();
-    let roi = Roi::new(&profile.roi).context("[roi]")?;
+    let roi = Roi::new(&profile.roi).context("[roi]")?.in_background();
     let smoother = Smoother::new(&profile.smoothing).context("[smoothing]")?;
     let mut stages = Stages::new(roi, Box::new(segmenter), smoother);
     if let Some(spec) = &m.control {
