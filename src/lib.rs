@@ -8,7 +8,7 @@
 //! [`volume`] reads NIfTI files, DICOM series and frame stacks as 3D volumes and runs the volume
 //! pipeline (resample, normalise, patch or sliding window, paste back) of 3D models.
 //! [`prompt`] builds text prompts from attributes; [`dataset`] and [`eval`] measure a model on a
-//! folder of labelled frames. [`bench`] measures all of it ([`histogram`] holds the latencies).
+//! folder of labelled frames. [`bench`](mod@bench) measures all of it ([`histogram`] holds the latencies).
 
 pub mod background;
 pub mod bench;

@@ -5,7 +5,7 @@
 //! - [`stages`]: region of interest → model → smoothing → full-frame mask, for one frame.
 //! - [`pipeline`]: the threads and the accounting.
 //! - [`report`]: the end-of-run summary (latency percentiles from [`crate::histogram`]).
-//! - [`setup`]: a device profile turned into a source, stages and sinks.
+//! - [`setup`](mod@setup): a device profile turned into a source, stages and sinks.
 //! - [`control`]: `adapter NAME` lines from stdin or a control file.
 //! - [`idle`]: the CPU idle-latency request a profile can hold while it runs.
 

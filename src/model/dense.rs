@@ -1,6 +1,6 @@
 //! One-graph image models: **plain** (image-only encoder–decoder, `image` → `logits`
-//! [1,K,H,W], e.g. an LVM-Med-style U-Net) and **conditioned** (Hermes-style task and modality
-//! priors: the same plus `task_ids` i64 [1,1] and `modality_id` i64 [1,1], whose ids the
+//! `[1,K,H,W]`, e.g. an LVM-Med-style U-Net) and **conditioned** (Hermes-style task and modality
+//! priors: the same plus `task_ids` i64 `[1,1]` and `modality_id` i64 `[1,1]`, whose ids the
 //! manifest's `[conditioning]` tables give by name).
 //!
 //! Sigmoid models (K = 1) give a foreground mask; softmax models give the mask of "not

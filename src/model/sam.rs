@@ -4,7 +4,7 @@
 //! new set of clicks on the same frame costs one decoder run.
 //!
 //! Contract (DESIGN.md, the official SAM decoder names): the decoder is exported without its
-//! final resize, so it returns `low_res_masks` [1,K,4h,4w] over the padded S×S input; the
+//! final resize, so it returns `low_res_masks` `[1,K,4h,4w]` over the padded S×S input; the
 //! runtime upsamples them bilinearly, drops the padding and resizes to the frame in one step
 //! ([`postprocess::segment`] with the letterbox [`Geometry`]). The frame is resized by its
 //! longest side and padded right and bottom (`resize = "longest"`).

@@ -1,6 +1,6 @@
-//! The SAM-3D adapter family: a 3D `encoder` (`volume` [1,1,D,H,W] → `image_embeddings`) and a
-//! prompt `decoder` (embeddings, `point_coords` [1,N,3] in voxel x y z of the patch,
-//! `point_labels` [1,N] → `low_res_masks` [1,1,D',H',W'] logits over the patch).
+//! The SAM-3D adapter family: a 3D `encoder` (`volume` `[1,1,D,H,W]` → `image_embeddings`) and a
+//! prompt `decoder` (embeddings, `point_coords` `[1,N,3]` in voxel x y z of the patch,
+//! `point_labels` `[1,N]` → `low_res_masks` `[1,1,D',H',W']` logits over the patch).
 //!
 //! The volume side (resampling to the manifest's spacing, intensity normalisation, the patch
 //! around the clicks or the sliding window without clicks, blending and pasting back) is
