@@ -581,8 +581,9 @@ impl Roi {
         }
     }
 
-    /// Adopts the background detection's region if it has finished and fits the frames of
-    /// the current region.
+    /// Adopts the background detection's region if it has finished. It is for the current
+    /// frame size: a size change detects on the caller's thread and drops the detection under
+    /// way.
     fn take_finished(&mut self) {
         if !self.pending.as_ref().is_some_and(JoinHandle::is_finished) {
             return;
@@ -592,15 +593,9 @@ impl Roi {
             return;
         };
         match handle.join() {
-            Ok(region)
-                if self
-                    .region
-                    .as_ref()
-                    .is_some_and(|r| r.frame_size() == region.frame_size()) =>
-            {
+            Ok(region) => {
                 self.adopt(region, mode);
             }
-            Ok(_) => {}
             Err(_) => {
                 log::warn!("roi {mode}: the background detection failed; keeping the last region")
             }
@@ -1408,13 +1403,24 @@ mod tests {
         assert_eq!(*redetected, *expected(&c));
         assert_ne!(redetected.rect(), first.rect());
 
-        // A size change detects on this thread, and a background result for the old size
-        // is never adopted.
+        // A size change while a detection for the old size is under way: the new size is
+        // detected on this thread, and the old size's result is dropped, not adopted (which
+        // would make the next frame detect again).
+        let mut roi = parse("mode = \"border\"\nredetect_every = 2")
+            .unwrap()
+            .in_background();
+        for _ in 0..3 {
+            roi.apply(&a).unwrap();
+        }
+        assert!(
+            roi.pending.is_some(),
+            "the third frame starts a background detection"
+        );
         let now_wide = roi.apply(&wide).unwrap().region;
         assert_eq!(*now_wide, *expected(&wide));
-        for _ in 0..20 {
-            assert_eq!(roi.apply(&wide).unwrap().region.frame_size(), (80, 48));
-        }
+        assert!(roi.pending.is_none());
+        thread::sleep(std::time::Duration::from_millis(100));
+        assert!(Arc::ptr_eq(&now_wide, &roi.apply(&wide).unwrap().region));
     }
 
     #[test]
