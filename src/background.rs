@@ -26,9 +26,17 @@ pub fn lower(what: &str) {
 
 fn lower_current_thread() -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 names the calling thread, and `param` is a valid, initialised struct that
-    // outlives the call.
-    let status = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    // The system call, not libc's wrapper: musl's wrapper (the static build) always fails
+    // with ENOSYS. SAFETY: pid 0 names the calling thread, and `param` is a valid,
+    // initialised struct that outlives the call.
+    let status = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            libc::SCHED_IDLE,
+            &param as *const libc::sched_param,
+        )
+    };
     if status == 0 {
         Ok(())
     } else {
@@ -45,12 +53,13 @@ mod tests {
         let policy = std::thread::spawn(|| {
             lower_current_thread().unwrap();
             // SAFETY: pid 0 names the calling thread.
-            unsafe { libc::sched_getscheduler(0) }
+            unsafe { libc::syscall(libc::SYS_sched_getscheduler, 0) }
         })
         .join()
         .unwrap();
-        assert_eq!(policy, libc::SCHED_IDLE);
+        assert_eq!(policy, libc::c_long::from(libc::SCHED_IDLE));
         // SAFETY: pid 0 names the calling thread.
-        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+        let here = unsafe { libc::syscall(libc::SYS_sched_getscheduler, 0) };
+        assert_eq!(here, libc::c_long::from(libc::SCHED_OTHER));
     }
 }

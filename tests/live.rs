@@ -381,8 +381,8 @@ impl Sink for PolicyProbe {
         "probe"
     }
     fn emit(&mut self, _out: &Emitted) -> Result<(), SinkError> {
-        // SAFETY: pid 0 names the calling thread.
-        let policy = unsafe { libc::sched_getscheduler(0) };
+        // SAFETY: pid 0 names the calling thread (the system call: musl's wrapper is a stub).
+        let policy = unsafe { libc::syscall(libc::SYS_sched_getscheduler, 0) } as i32;
         self.policies.lock().unwrap().push(policy);
         Ok(())
     }
