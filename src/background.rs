@@ -11,16 +11,23 @@
 //! Any thread may move itself to `SCHED_IDLE`; no privilege is needed.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Moves the calling thread to the `SCHED_IDLE` scheduling class; when that fails, logs why
-/// and leaves the thread as it is, since its work is still correct at normal priority. `what`
-/// names the thread's work for the log.
+/// Set once a failure to lower a thread has been logged.
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Moves the calling thread to the `SCHED_IDLE` scheduling class; when that fails, leaves the
+/// thread as it is, since its work is still correct at normal priority, and logs why the first
+/// time in the process (re-detection starts a thread every second). `what` names the thread's
+/// work for the log.
 pub fn lower(what: &str) {
     if let Err(e) = lower_current_thread() {
-        log::warn!(
-            "{what}: cannot move to the idle scheduling class ({e}); it runs at normal \
-             priority and may delay frames"
-        );
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "{what}: cannot move to the idle scheduling class ({e}); background work runs \
+                 at normal priority and may delay frames"
+            );
+        }
     }
 }
 
