@@ -32,7 +32,9 @@ pub fn lower(what: &str) {
 }
 
 fn lower_current_thread() -> io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
+    // Priority 0, the only one `SCHED_IDLE` takes. musl's struct has more fields than glibc's.
+    // SAFETY: `sched_param` is plain integers, for which all zeros is a valid value.
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
     // The system call, not libc's wrapper: musl's wrapper (the static build) always fails
     // with ENOSYS. SAFETY: pid 0 names the calling thread, and `param` is a valid,
     // initialised struct that outlives the call.
