@@ -47,6 +47,15 @@ fn stages(segmenter: Box<dyn Segmenter>) -> Stages {
     )
 }
 
+/// The 160x120 ultrasound phantom at `fps` frames per second.
+fn phantom_source(fps: f64) -> Box<dyn Source> {
+    let mut config = SourceConfig::from_spec("phantom:ultrasound").unwrap();
+    config.fps = Some(fps);
+    config.width = Some(160);
+    config.height = Some(120);
+    source::open(&config).unwrap()
+}
+
 fn phantom_frame(seed: u64) -> Frame {
     edgeseg::phantom::generate(edgeseg::phantom::Modality::Ultrasound, 160, 120, seed)
         .unwrap()
@@ -184,10 +193,6 @@ fn a_slow_model_skips_to_the_newest_frame_and_counts_every_drop() {
 fn a_fast_source_is_accounted_for_frame_by_frame() {
     let dir = scratch("accounting");
     let telemetry = dir.join("t.jsonl");
-    let mut config = SourceConfig::from_spec("phantom:ultrasound").unwrap();
-    config.fps = Some(1000.0);
-    config.width = Some(160);
-    config.height = Some(120);
     let sink = TelemetrySink::open(&TelemetryConfig {
         path: telemetry.clone(),
         summary: None,
@@ -196,7 +201,7 @@ fn a_fast_source_is_accounted_for_frame_by_frame() {
     })
     .unwrap();
     let report = live::run(
-        source::open(&config).unwrap(),
+        phantom_source(1000.0),
         stages(Box::new(model())),
         vec![SinkSlot {
             sink: Box::new(sink),
@@ -232,14 +237,10 @@ fn a_fast_source_is_accounted_for_frame_by_frame() {
 
 #[test]
 fn a_slow_sink_drops_its_own_frames_and_never_holds_up_inference() {
-    let mut config = SourceConfig::from_spec("phantom:ultrasound").unwrap();
-    config.fps = Some(100.0);
-    config.width = Some(160);
-    config.height = Some(120);
     let (slow, slow_seen) = recorder(Duration::from_millis(40), 1);
     let (fast, fast_seen) = recorder(Duration::ZERO, 64);
     let report = live::run(
-        source::open(&config).unwrap(),
+        phantom_source(100.0),
         stages(Box::new(model())),
         vec![fast, slow],
         Limits {
@@ -393,10 +394,6 @@ impl Sink for PolicyProbe {
 
 #[test]
 fn a_background_sink_runs_in_the_idle_scheduling_class_and_the_others_do_not() {
-    let mut config = SourceConfig::from_spec("phantom:ultrasound").unwrap();
-    config.fps = Some(100.0);
-    config.width = Some(160);
-    config.height = Some(120);
     let probe = |background| {
         let policies = Arc::new(Mutex::new(Vec::new()));
         let slot = SinkSlot {
@@ -412,7 +409,7 @@ fn a_background_sink_runs_in_the_idle_scheduling_class_and_the_others_do_not() {
     let (snapshots, snapshot_policies) = probe(true);
     let (link, link_policies) = probe(false);
     let report = live::run(
-        source::open(&config).unwrap(),
+        phantom_source(100.0),
         stages(Box::new(model())),
         vec![snapshots, link],
         Limits {
