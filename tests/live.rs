@@ -56,6 +56,16 @@ fn phantom_source(fps: f64) -> Box<dyn Source> {
     source::open(&config).unwrap()
 }
 
+/// Runs the bundled model on `source` into `sinks` until `frames` frames are processed.
+fn run_frames(source: Box<dyn Source>, sinks: Vec<SinkSlot>, frames: u64) -> live::RunReport {
+    let limits = Limits {
+        frames: Some(frames),
+        duration: None,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    live::run(source, stages(Box::new(model())), sinks, limits, stop)
+}
+
 fn phantom_frame(seed: u64) -> Frame {
     edgeseg::phantom::generate(edgeseg::phantom::Modality::Ultrasound, 160, 120, seed)
         .unwrap()
@@ -200,19 +210,14 @@ fn a_fast_source_is_accounted_for_frame_by_frame() {
         overflow: Overflow::DropNewest,
     })
     .unwrap();
-    let report = live::run(
+    let report = run_frames(
         phantom_source(1000.0),
-        stages(Box::new(model())),
         vec![SinkSlot {
             sink: Box::new(sink),
             queue: 1000,
             overflow: Overflow::DropNewest,
         }],
-        Limits {
-            frames: Some(30),
-            duration: None,
-        },
-        Arc::new(AtomicBool::new(false)),
+        30,
     );
     assert_eq!(report.processed, 30);
     assert_eq!(report.failed, 0);
@@ -239,16 +244,7 @@ fn a_fast_source_is_accounted_for_frame_by_frame() {
 fn a_slow_sink_drops_its_own_frames_and_never_holds_up_inference() {
     let (slow, slow_seen) = recorder(Duration::from_millis(40), 1);
     let (fast, fast_seen) = recorder(Duration::ZERO, 64);
-    let report = live::run(
-        phantom_source(100.0),
-        stages(Box::new(model())),
-        vec![fast, slow],
-        Limits {
-            frames: Some(12),
-            duration: None,
-        },
-        Arc::new(AtomicBool::new(false)),
-    );
+    let report = run_frames(phantom_source(100.0), vec![fast, slow], 12);
     // Every processed frame reached the fast sink; the slow one dropped what it could not
     // take, and its emits plus its drops add up to the processed frames.
     assert_eq!(report.processed, 12);
@@ -408,16 +404,7 @@ fn a_background_sink_runs_in_the_idle_scheduling_class_and_the_others_do_not() {
     };
     let (snapshots, snapshot_policies) = probe(true);
     let (link, link_policies) = probe(false);
-    let report = live::run(
-        phantom_source(100.0),
-        stages(Box::new(model())),
-        vec![snapshots, link],
-        Limits {
-            frames: Some(3),
-            duration: None,
-        },
-        Arc::new(AtomicBool::new(false)),
-    );
+    let report = run_frames(phantom_source(100.0), vec![snapshots, link], 3);
     assert_eq!(report.processed, 3);
     let snapshot_policies = snapshot_policies.lock().unwrap();
     let link_policies = link_policies.lock().unwrap();
