@@ -7,8 +7,9 @@
 //! request real-time latency tools make while they measure. It costs power, so a profile asks
 //! for it (`[run] idle_latency_us`); it needs write access to the device (root, or a udev rule).
 //!
-//! Measured on the demo profile (2 vCPUs, 300 frames, three pairs of runs): with the bound at
-//! 0 µs, end-to-end p50 4.40–4.82 ms and p99 7.47–7.54 ms; without it, 4.91–5.20 and 9.50–11.10.
+//! Measured on the demo profile (2 vCPUs, three interleaved pairs of 300-frame runs, the table
+//! in docs/performance.md): with the bound at 0 µs, end-to-end p50 4.30–4.97 ms and p99
+//! 6.89–8.02 ms; without it, 4.97–5.42 and 9.38–12.64.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
