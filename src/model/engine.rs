@@ -260,6 +260,7 @@ impl Graph {
                 .ok_or_else(|| onnx_err(anyhow::anyhow!("tract lacks the f32_to_f16 transform")))?;
             translate.transform(&mut typed).map_err(onnx_err)?;
         }
+        super::conv::replace(&mut typed).map_err(onnx_err)?;
         let mut optimized = typed.into_optimized().map_err(onnx_err)?;
         super::softmax::replace(&mut optimized).map_err(onnx_err)?;
         super::quantize::replace(&mut optimized).map_err(onnx_err)?;
