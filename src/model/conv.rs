@@ -42,6 +42,7 @@ mod avx2 {
     use std::cell::RefCell;
 
     use tract_core::internal::*;
+    use tract_core::ops::array::TypedConcat;
     use tract_core::ops::binary::TypedBinOp;
     use tract_core::ops::cnn::conv::{Conv, KernelFormat};
     use tract_core::ops::cnn::PaddingSpec;
@@ -127,27 +128,33 @@ mod avx2 {
             })
         }
 
-        /// The convolution of `input` (`[1, cin, h, w]`) into `output` (`[1, cout, h, w]`),
-        /// on the threads of the calling thread's tract executor.
-        fn run(&self, input: &[f32], h: usize, w: usize, output: &mut [f32]) -> TractResult<()> {
+        /// The convolution of `input` (`[1, cin, h, w]`, in parts that follow one another
+        /// along the channels) into `output` (`[1, cout, h, w]`), on the threads of the calling
+        /// thread's tract executor.
+        fn run(&self, input: &[&[f32]], h: usize, w: usize, output: &mut [f32]) -> TractResult<()> {
             ensure!(available(), "Conv3x3 needs AVX2 and FMA");
-            ensure!(input.len() == self.cin * h * w && output.len() == self.cout * h * w);
+            let values: usize = input.iter().map(|part| part.len()).sum();
+            ensure!(values == self.cin * h * w && output.len() == self.cout * h * w);
             // The zero-bordered copy: rows of `stride` (w rounded up to whole vectors, plus the
             // two border columns), h + 2 rows per channel.
             let stride = w.div_ceil(LANES) * LANES + 2;
             let plane = (h + 2) * stride;
             PADDED.with_borrow_mut(|padded| {
-                padded.clear();
-                padded.resize(self.cin * plane, 0.0);
-                for (src, dst) in input
-                    .chunks_exact(h * w)
-                    .zip(padded.chunks_exact_mut(plane))
-                {
-                    for (s, d) in src
-                        .chunks_exact(w)
-                        .zip(dst[stride..].chunks_exact_mut(stride))
-                    {
+                if padded.len() < self.cin * plane {
+                    padded.resize(self.cin * plane, 0.0);
+                }
+                // Every value is written: the border zeros, then the rows.
+                let padded = &mut padded[..self.cin * plane];
+                let planes = input.iter().flat_map(|part| part.chunks_exact(h * w));
+                for (src, dst) in planes.zip(padded.chunks_exact_mut(plane)) {
+                    let (top, rows) = dst.split_at_mut(stride);
+                    let (rows, bottom) = rows.split_at_mut(h * stride);
+                    top.fill(0.0);
+                    bottom.fill(0.0);
+                    for (s, d) in src.chunks_exact(w).zip(rows.chunks_exact_mut(stride)) {
+                        d[0] = 0.0;
                         d[1..=w].copy_from_slice(s);
+                        d[w + 1..].fill(0.0);
                     }
                 }
                 let job = Job {
@@ -413,20 +420,34 @@ mod avx2 {
         op_out_of_plan!();
 
         fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-            let input = args_1!(inputs);
-            let &[1, cin, h, w] = input.shape() else {
-                bail!("Conv3x3 expects [1, C, H, W], got {:?}", input.shape());
+            let &[1, _, h, w] = inputs[0].shape() else {
+                bail!("Conv3x3 expects [1, C, H, W], got {:?}", inputs[0].shape());
             };
+            let mut cin = 0;
+            for input in &inputs {
+                let &[1, c, ih, iw] = input.shape() else {
+                    bail!("Conv3x3 expects [1, C, H, W], got {:?}", input.shape());
+                };
+                ensure!((ih, iw) == (h, w), "inputs of {h}×{w} and {ih}×{iw}");
+                cin += c;
+            }
             ensure!(
                 cin == self.cin,
                 "{cin} input channels, expected {}",
                 self.cin
             );
+            let views = inputs
+                .iter()
+                .map(|input| input.try_as_plain_ram())
+                .collect::<TractResult<TVec<_>>>()?;
+            let parts = views
+                .iter()
+                .map(|view| view.as_slice::<f32>())
+                .collect::<TractResult<TVec<_>>>()?;
             // SAFETY: `run` writes every value of the output.
             let mut output = unsafe { Tensor::uninitialized::<f32>(&[1, self.cout, h, w])? };
-            let input = input.try_as_plain_ram()?;
             let mut out = output.try_as_plain_ram_mut()?;
-            self.run(input.as_slice::<f32>()?, h, w, out.as_slice_mut::<f32>()?)?;
+            self.run(&parts, h, w, out.as_slice_mut::<f32>()?)?;
             Ok(tvec!(output.into_tvalue()))
         }
     }
@@ -434,7 +455,13 @@ mod avx2 {
     impl TypedOp for Conv3x3 {
         fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
             let shape = &inputs[0].shape;
-            ensure!(shape.len() == 4 && shape[1] == self.cin.to_dim());
+            let mut cin = TDim::from(0);
+            for input in inputs {
+                let s = &input.shape;
+                ensure!(s.len() == 4 && s[0] == shape[0] && s[2..] == shape[2..]);
+                cin += s[1].clone();
+            }
+            ensure!(cin == self.cin.to_dim());
             Ok(tvec!(f32::fact([
                 shape[0].clone(),
                 self.cout.to_dim(),
@@ -510,6 +537,19 @@ mod avx2 {
         Ok(zero)
     }
 
+    /// `node`'s only reader, when `node` has one and is not an output of the model.
+    fn only_reader<'m>(
+        model: &'m TypedModel,
+        node: &TypedNode,
+    ) -> TractResult<Option<&'m TypedNode>> {
+        if model.outputs.contains(&node.id.into()) {
+            return Ok(None);
+        }
+        Ok(model
+            .single_succ(node.id)?
+            .filter(|next| next.inputs.iter().filter(|&&i| i == node.id.into()).count() == 1))
+    }
+
     pub(super) fn replace(model: &mut TypedModel) -> TractResult<usize> {
         let mut replaced = 0;
         for id in model.eval_order()? {
@@ -517,22 +557,29 @@ mod avx2 {
             let Some(mut op) = eligible(model, node)? else {
                 continue;
             };
-            // The ReLU is taken in when it is the only reader of the convolution's output.
-            let read_elsewhere = model.outputs.contains(&id.into());
-            let next = model
-                .single_succ(id)?
-                .filter(|next| !read_elsewhere && next.inputs[0] == id.into());
-            let patch = match next {
-                Some(next) if is_relu(model, next)? => {
-                    op.relu = true;
-                    let mut patch = TypedModelPatch::default();
-                    let input = patch.tap_model(model, node.inputs[0])?;
-                    let out = patch.wire_node(&node.name, op, &[input])?;
-                    patch.shunt_outside(model, next.id.into(), out[0])?;
-                    patch
-                }
-                _ => TypedModelPatch::replace_single_op(model, node, &node.inputs[..1], op)?,
+            // A channel concatenation read by this convolution alone is done by its padded copy.
+            let source = model.node(node.inputs[0].node);
+            let concat = source
+                .op_as::<TypedConcat>()
+                .filter(|concat| concat.axis == 1)
+                .is_some();
+            let inputs = if concat && only_reader(model, source)?.is_some() {
+                source.inputs.clone()
+            } else {
+                vec![node.inputs[0]]
             };
+            // So is a ReLU that alone reads the convolution's output.
+            let mut output = OutletId::from(id);
+            if let Some(next) = only_reader(model, node)? {
+                if is_relu(model, next)? && next.inputs[0] == output {
+                    op.relu = true;
+                    output = next.id.into();
+                }
+            }
+            let mut patch = TypedModelPatch::default();
+            let taps = patch.taps(model, &inputs)?;
+            let wire = patch.wire_node(&node.name, op, &taps)?;
+            patch.shunt_outside(model, output, wire[0])?;
             patch.apply(model)?;
             replaced += 1;
         }
@@ -546,6 +593,7 @@ mod avx2 {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
+    use tract_core::ops::array::TypedConcat;
     use tract_core::ops::binary::TypedBinOp;
     use tract_core::ops::cnn::conv::{Conv, KernelFormat};
     use tract_core::ops::cnn::{PaddingSpec, PoolSpec};
@@ -693,6 +741,64 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_channel_concatenation_read_by_the_convolution_alone_is_taken_in() {
+        if !avx2::available() {
+            return;
+        }
+        let (cin, cout, h, w) = (5, 6, 4, 11);
+        let (xv, kv, bv) = (
+            values(cin * h * w, 5),
+            values(cout * cin * 9, 6),
+            values(cout, 7),
+        );
+        let k = tensor1(&kv).into_shape(&[cout, cin, 3, 3]).unwrap();
+        // The same convolution on a concatenation of 2 and 3 channels.
+        let concatenated = |extra_reader: bool| {
+            let mut model = graph(&k, &tensor1(&bv), h, w, 1, true);
+            let conv = model.node_by_name("conv").unwrap().id;
+            let a = model.add_source("a", f32::fact([1, 2, h, w])).unwrap();
+            let b = model.add_source("b", f32::fact([1, 3, h, w])).unwrap();
+            let cat = model
+                .wire_node("cat", TypedConcat::new(1), &[a, b])
+                .unwrap()[0];
+            model.add_edge(cat, InletId::new(conv, 0)).unwrap();
+            model.inputs = vec![a, b];
+            if extra_reader {
+                let relu = model.node_by_name("relu").unwrap().id;
+                model.select_output_outlets(&[relu.into(), cat]).unwrap();
+            }
+            model.compact().unwrap();
+            model
+        };
+        let mut model = concatenated(false);
+        assert_eq!(replace(&mut model).unwrap(), 1);
+        assert_eq!(ops(&model), ["Conv3x3"]);
+        let (first, second) = xv.split_at(2 * h * w);
+        let plan = model.into_runnable().unwrap();
+        let got = plan
+            .run(tvec!(
+                tensor1(first)
+                    .into_shape(&[1, 2, h, w])
+                    .unwrap()
+                    .into_tvalue(),
+                tensor1(second)
+                    .into_shape(&[1, 3, h, w])
+                    .unwrap()
+                    .into_tvalue()
+            ))
+            .unwrap()
+            .remove(0);
+        let want = direct(&xv, &kv, &bv, cin, cout, h, w, true);
+        let got = got.try_as_plain_ram().unwrap();
+        for (g, w) in got.as_slice::<f32>().unwrap().iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
+        }
+        let mut shared = concatenated(true);
+        assert_eq!(replace(&mut shared).unwrap(), 1);
+        assert_eq!(ops(&shared), ["Concat", "Conv3x3"]);
     }
 
     #[test]

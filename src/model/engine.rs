@@ -261,6 +261,7 @@ impl Graph {
             translate.transform(&mut typed).map_err(onnx_err)?;
         }
         super::conv::replace(&mut typed).map_err(onnx_err)?;
+        super::pool::replace(&mut typed).map_err(onnx_err)?;
         let mut optimized = typed.into_optimized().map_err(onnx_err)?;
         super::softmax::replace(&mut optimized).map_err(onnx_err)?;
         super::quantize::replace(&mut optimized).map_err(onnx_err)?;

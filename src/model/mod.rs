@@ -10,6 +10,7 @@ pub mod engine;
 pub mod frame_model;
 pub mod manifest;
 pub mod package;
+pub mod pool;
 pub mod quantize;
 pub mod sam;
 pub mod sam3d;
