@@ -1,0 +1,639 @@
+//! The direct 3×3 convolution: [`Conv3x3`], swapped for tract's `Conv` with the channel
+//! concatenation before it and the `max(x, 0)` after it, where it alone reads them.
+//!
+//! The input is first copied once into a zero-bordered buffer (the parts of a concatenation
+//! one after another), so no tap needs an edge test; each output row is then cut into blocks
+//! ([`kernel::blocks`]) that [`kernel::sum`] sums over the 9 taps and every input channel, and
+//! bias and ReLU are applied in registers before the one store.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use tract_core::internal::*;
+use tract_core::ops::array::TypedConcat;
+use tract_core::ops::binary::TypedBinOp;
+use tract_core::ops::cnn::conv::{Conv, KernelFormat};
+use tract_core::ops::cnn::PaddingSpec;
+use tract_core::ops::math::Max;
+use tract_core::ops::nn::DataFormat;
+
+use super::kernel::{self, Output, Sums, CO, LANES};
+
+/// A 3×3, stride 1, padding 1 convolution of an f32 NCHW tensor (N = 1), with its bias and
+/// optionally a ReLU; its input may come in parts along the channels.
+#[derive(Debug, Clone)]
+pub struct Conv3x3 {
+    cin: usize,
+    cout: usize,
+    relu: bool,
+    /// [`kernel::pack`]ed, 9 taps.
+    weights: Arc<[f32]>,
+    /// `[tiles × CO]`, zero past `cout`.
+    bias: Arc<[f32]>,
+}
+
+/// Equal when they compute the same: the same shapes, ReLU and bits of every parameter.
+impl PartialEq for Conv3x3 {
+    fn eq(&self, other: &Conv3x3) -> bool {
+        (self.cin, self.cout, self.relu) == (other.cin, other.cout, other.relu)
+            && kernel::same_bits(&self.weights, &other.weights)
+            && kernel::same_bits(&self.bias, &other.bias)
+    }
+}
+
+impl Eq for Conv3x3 {}
+
+thread_local! {
+    /// The zero-bordered input of the convolution running on this thread, kept between runs
+    /// so its pages are not faulted in again every frame.
+    static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Conv3x3 {
+    /// The operator for OIHW `kernel` (`[cout, cin, 3, 3]`) and `bias` (`[cout]`, or one value
+    /// for all).
+    pub fn new(kernel: &Tensor, bias: &Tensor, relu: bool) -> TractResult<Conv3x3> {
+        let &[cout, cin, 3, 3] = kernel.shape() else {
+            bail!("a 3×3 OIHW kernel, got {:?}", kernel.shape());
+        };
+        let kernel = kernel.try_as_plain_ram()?;
+        let bias = bias.try_as_plain_ram()?;
+        Ok(Conv3x3 {
+            cin,
+            cout,
+            relu,
+            weights: kernel::pack(kernel.as_slice::<f32>()?, cout, cin, 9),
+            bias: kernel::tile_bias(bias.as_slice::<f32>()?, cout, 1)?,
+        })
+    }
+
+    /// The convolution of `input` (`[1, cin, h, w]`, in parts that follow one another along
+    /// the channels) into `output` (`[1, cout, h, w]`), on the threads of the calling thread's
+    /// tract executor.
+    fn run(&self, input: &[&[f32]], h: usize, w: usize, output: &mut [f32]) -> TractResult<()> {
+        ensure!(kernel::available(), "Conv3x3 needs AVX2 and FMA");
+        let values: usize = input.iter().map(|part| part.len()).sum();
+        ensure!(values == self.cin * h * w && output.len() == self.cout * h * w);
+        // The zero-bordered copy: rows of `stride` (w rounded up to whole vectors, plus the
+        // two border columns), h + 2 rows per channel.
+        let stride = w.div_ceil(LANES) * LANES + 2;
+        let plane = (h + 2) * stride;
+        PADDED.with_borrow_mut(|padded| {
+            if padded.len() < self.cin * plane {
+                padded.resize(self.cin * plane, 0.0);
+            }
+            // Every value is written: the border zeros, then the rows.
+            let padded = &mut padded[..self.cin * plane];
+            let planes = input.iter().flat_map(|part| part.chunks_exact(h * w));
+            for (src, dst) in planes.zip(padded.chunks_exact_mut(plane)) {
+                let (top, rows) = dst.split_at_mut(stride);
+                let (rows, bottom) = rows.split_at_mut(h * stride);
+                top.fill(0.0);
+                bottom.fill(0.0);
+                for (s, d) in src.chunks_exact(w).zip(rows.chunks_exact_mut(stride)) {
+                    d[0] = 0.0;
+                    d[1..=w].copy_from_slice(s);
+                    d[w + 1..].fill(0.0);
+                }
+            }
+            let padded: &[f32] = padded;
+            let taps: [usize; 9] = std::array::from_fn(|t| ((t / 3) * stride + t % 3) * 4);
+            let output = Output(output.as_mut_ptr());
+            let tile_weights = self.cin * 9 * CO;
+            kernel::in_bands(h, |from, to| {
+                for y in from..to {
+                    for (v, n) in kernel::blocks(w.div_ceil(LANES)) {
+                        let x = v * LANES;
+                        let input = padded[y * stride + x..].as_ptr();
+                        let valid = (w - x).min(n * LANES);
+                        for tile in 0..self.cout.div_ceil(CO) {
+                            let weights = &self.weights[tile * tile_weights..][..tile_weights];
+                            let bias = &self.bias[tile * CO..][..CO];
+                            let channels = (self.cout - tile * CO).min(CO);
+                            // SAFETY: the features were checked above; every tap of every
+                            // channel has n·8 values in `padded` (rows are whole vectors plus
+                            // the borders); row y of the output is this band's alone, and the
+                            // output has cout·h·w values.
+                            unsafe {
+                                let sums = match n {
+                                    3 => kernel::sum::<3>(
+                                        input,
+                                        plane * 4,
+                                        &taps,
+                                        self.cin,
+                                        weights,
+                                        bias,
+                                    ),
+                                    2 => kernel::sum::<2>(
+                                        input,
+                                        plane * 4,
+                                        &taps,
+                                        self.cin,
+                                        weights,
+                                        bias,
+                                    ),
+                                    _ => kernel::sum::<1>(
+                                        input,
+                                        plane * 4,
+                                        &taps,
+                                        self.cin,
+                                        weights,
+                                        bias,
+                                    ),
+                                };
+                                let out = output.ptr().add((tile * CO * h + y) * w + x);
+                                store(sums, n, self.relu, out, h * w, channels, valid);
+                            }
+                        }
+                    }
+                }
+            });
+        });
+        Ok(())
+    }
+}
+
+/// Stores the first `n` vectors of the first `channels` of `sums` (after a ReLU if `relu`), of
+/// which the first `valid` values, at `out` and on, one plane of `plane` values per channel.
+///
+/// # Safety
+/// AVX2 is available; `out` is writable for `valid` values in each of `channels` planes.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store(
+    mut sums: Sums,
+    n: usize,
+    relu: bool,
+    out: *mut f32,
+    plane: usize,
+    channels: usize,
+    valid: usize,
+) {
+    if relu {
+        let zero = _mm256_setzero_ps();
+        for a in sums.iter_mut().flatten() {
+            *a = _mm256_max_ps(*a, zero);
+        }
+    }
+    for (c, lane) in sums.iter().enumerate().take(channels) {
+        let dst = out.add(c * plane);
+        let mut tmp = [0f32; 3 * LANES];
+        let whole = valid == n * LANES;
+        for (v, a) in lane.iter().take(n).enumerate() {
+            let at = if whole { dst } else { tmp.as_mut_ptr() };
+            _mm256_storeu_ps(at.add(v * LANES), *a);
+        }
+        if !whole {
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, valid);
+        }
+    }
+}
+
+impl Op for Conv3x3 {
+    fn name(&self) -> StaticName {
+        "Conv3x3".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{}→{} relu: {}",
+            self.cin, self.cout, self.relu
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Conv3x3 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let &[1, _, h, w] = inputs[0].shape() else {
+            bail!("Conv3x3 expects [1, C, H, W], got {:?}", inputs[0].shape());
+        };
+        let mut cin = 0;
+        for input in &inputs {
+            let &[1, c, ih, iw] = input.shape() else {
+                bail!("Conv3x3 expects [1, C, H, W], got {:?}", input.shape());
+            };
+            ensure!((ih, iw) == (h, w), "inputs of {h}×{w} and {ih}×{iw}");
+            cin += c;
+        }
+        ensure!(
+            cin == self.cin,
+            "{cin} input channels, expected {}",
+            self.cin
+        );
+        let views = inputs
+            .iter()
+            .map(|input| input.try_as_plain_ram())
+            .collect::<TractResult<TVec<_>>>()?;
+        let parts = views
+            .iter()
+            .map(|view| view.as_slice::<f32>())
+            .collect::<TractResult<TVec<_>>>()?;
+        // SAFETY: `run` writes every value of the output.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&[1, self.cout, h, w])? };
+        let mut out = output.try_as_plain_ram_mut()?;
+        self.run(&parts, h, w, out.as_slice_mut::<f32>()?)?;
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for Conv3x3 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let shape = &inputs[0].shape;
+        let mut cin = TDim::from(0);
+        for input in inputs {
+            let s = &input.shape;
+            ensure!(s.len() == 4 && s[0] == shape[0] && s[2..] == shape[2..]);
+            cin += s[1].clone();
+        }
+        ensure!(cin == self.cin.to_dim());
+        Ok(tvec!(f32::fact([
+            shape[0].clone(),
+            self.cout.to_dim(),
+            shape[2].clone(),
+            shape[3].clone()
+        ])))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let s = &inputs[0].shape;
+        let fmas = s[0].clone() * s[2].clone() * s[3].clone() * (self.cin * self.cout * 9);
+        Ok(tvec!((Cost::FMA(f32::datum_type()), fmas)))
+    }
+
+    as_op!();
+}
+
+/// The operator for `node` if it is an eligible convolution.
+fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Conv3x3>> {
+    let Some(conv) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    let spec = &conv.pool_spec;
+    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&d| d == 1));
+    let padded_by_one = matches!(&spec.padding,
+        PaddingSpec::Explicit(before, after) if before[..] == [1, 1] && after[..] == [1, 1]);
+    let input = model.outlet_fact(node.inputs[0])?;
+    let batch_of_one = input
+        .shape
+        .as_concrete()
+        .is_some_and(|s| s.len() == 4 && s[0] == 1);
+    if conv.q_params.is_some()
+        || conv.group != 1
+        || conv.kernel_fmt != KernelFormat::OIHW
+        || spec.data_format != DataFormat::NCHW
+        || spec.kernel_shape[..] != [3, 3]
+        || !ones(&spec.strides)
+        || !ones(&spec.dilations)
+        || !padded_by_one
+        || input.datum_type != f32::datum_type()
+        || !batch_of_one
+    {
+        return Ok(None);
+    }
+    let (Some(kernel), Some(bias)) = (
+        model.outlet_fact(node.inputs[1])?.konst.clone(),
+        model.outlet_fact(node.inputs[2])?.konst.clone(),
+    ) else {
+        return Ok(None);
+    };
+    if kernel.datum_type() != f32::datum_type() || bias.datum_type() != f32::datum_type() {
+        return Ok(None);
+    }
+    Ok(Some(Conv3x3::new(&kernel, &bias, false)?))
+}
+
+/// Whether `node` is `max(x, 0)` with a constant zero, of the shape of `x`.
+fn is_relu(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
+    let Some(op) = node.op_as::<TypedBinOp>() else {
+        return Ok(false);
+    };
+    let same_shape =
+        model.outlet_fact(node.id.into())?.shape == model.outlet_fact(node.inputs[0])?.shape;
+    if !op.0.is::<Max>() || node.inputs.len() != 2 || !same_shape {
+        return Ok(false);
+    }
+    let zero = model
+        .outlet_fact(node.inputs[1])?
+        .uniform
+        .as_ref()
+        .and_then(|u| u.cast_to_scalar::<f32>().ok())
+        == Some(0.0);
+    Ok(zero)
+}
+
+/// `node`'s only reader, when `node` has one and is not an output of the model.
+fn only_reader<'m>(model: &'m TypedModel, node: &TypedNode) -> TractResult<Option<&'m TypedNode>> {
+    if model.outputs.contains(&node.id.into()) {
+        return Ok(None);
+    }
+    Ok(model
+        .single_succ(node.id)?
+        .filter(|next| next.inputs.iter().filter(|&&i| i == node.id.into()).count() == 1))
+}
+
+/// Replaces every eligible convolution of `model` with [`Conv3x3`]; returns how many.
+pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(mut op) = eligible(model, node)? else {
+            continue;
+        };
+        // A channel concatenation read by this convolution alone is done by its padded copy.
+        let source = model.node(node.inputs[0].node);
+        let concat = source
+            .op_as::<TypedConcat>()
+            .filter(|concat| concat.axis == 1)
+            .is_some();
+        let inputs = if concat && only_reader(model, source)?.is_some() {
+            source.inputs.clone()
+        } else {
+            vec![node.inputs[0]]
+        };
+        // So is a ReLU that alone reads the convolution's output.
+        let mut output = OutletId::from(id);
+        if let Some(next) = only_reader(model, node)? {
+            if is_relu(model, next)? && next.inputs[0] == output {
+                op.relu = true;
+                output = next.id.into();
+            }
+        }
+        let mut patch = TypedModelPatch::default();
+        let taps = patch.taps(model, &inputs)?;
+        let wire = patch.wire_node(&node.name, op, &taps)?;
+        patch.shunt_outside(model, output, wire[0])?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    if replaced > 0 {
+        model.compact()?;
+    }
+    Ok(replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_core::ops::array::TypedConcat;
+    use tract_core::ops::binary::TypedBinOp;
+    use tract_core::ops::cnn::conv::{Conv, KernelFormat};
+    use tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+    use tract_core::ops::math::Max;
+    use tract_core::ops::nn::DataFormat;
+    use tract_linalg::multithread::Executor;
+
+    /// Values in −1..1 that do not repeat with any small period.
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i + seed) * 7919 + seed * 31) % 2003) as f32 / 1001.5 - 1.0)
+            .collect()
+    }
+
+    /// The convolution summed in f64, with zero padding.
+    #[allow(clippy::too_many_arguments)]
+    fn direct(
+        x: &[f32],
+        k: &[f32],
+        b: &[f32],
+        cin: usize,
+        cout: usize,
+        h: usize,
+        w: usize,
+        relu: bool,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; cout * h * w];
+        for o in 0..cout {
+            for y in 0..h {
+                for xx in 0..w {
+                    let mut sum = f64::from(b[o]);
+                    for i in 0..cin {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (sy, sx) = ((y + ky) as isize - 1, (xx + kx) as isize - 1);
+                                if sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w {
+                                    sum += f64::from(x[(i * h + sy as usize) * w + sx as usize])
+                                        * f64::from(k[((o * cin + i) * 3 + ky) * 3 + kx]);
+                                }
+                            }
+                        }
+                    }
+                    out[(o * h + y) * w + xx] = if relu { sum.max(0.0) } else { sum } as f32;
+                }
+            }
+        }
+        out
+    }
+
+    /// A graph of tract's convolution (3×3, padding 1, given strides) on `[1, cin, h, w]`,
+    /// optionally followed by `max(x, 0)`.
+    fn graph(k: &Tensor, b: &Tensor, h: usize, w: usize, stride: usize, relu: bool) -> TypedModel {
+        let (cout, cin) = (k.shape()[0], k.shape()[1]);
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, cin, h, w])).unwrap();
+        let k = model.add_const("k", k.clone()).unwrap();
+        let b = model.add_const("b", b.clone()).unwrap();
+        let conv = Conv {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: tvec!(3, 3),
+                padding: PaddingSpec::Explicit(tvec!(1, 1), tvec!(1, 1)),
+                dilations: None,
+                strides: Some(tvec!(stride, stride)),
+                input_channels: cin,
+                output_channels: cout,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group: 1,
+            q_params: None,
+        };
+        let mut out = model.wire_node("conv", conv, &[x, k, b]).unwrap();
+        if relu {
+            let zero = model.add_const("zero", tensor4(&[[[[0f32]]]])).unwrap();
+            out = model
+                .wire_node("relu", TypedBinOp(Box::new(Max), None), &[out[0], zero])
+                .unwrap();
+        }
+        model.select_output_outlets(&out).unwrap();
+        model
+    }
+
+    fn run(model: TypedModel, x: &Tensor, executor: Option<Executor>) -> Tensor {
+        let options = RunOptions {
+            executor,
+            ..RunOptions::default()
+        };
+        let plan = model.into_runnable_with_options(&options).unwrap();
+        plan.run(tvec!(x.clone().into_tvalue()))
+            .unwrap()
+            .remove(0)
+            .into_tensor()
+    }
+
+    fn ops(model: &TypedModel) -> Vec<String> {
+        model
+            .nodes()
+            .iter()
+            .map(|n| n.op.name().to_string())
+            .filter(|n| n != "Source" && n != "Const")
+            .collect()
+    }
+
+    #[test]
+    fn every_shape_matches_a_direct_sum() {
+        if !kernel::available() {
+            return;
+        }
+        // Output channels that fill no tile, one, and part of the last; rows of 1, 13 and 17
+        // pixels (partial vectors) and of 8, 16, 24, 40 (blocks of 1, 2, 3 and 3 + 2 vectors).
+        let shapes = [
+            (1, 1, 1, 1),
+            (3, 16, 5, 8),
+            (2, 5, 3, 13),
+            (4, 9, 7, 40),
+            (5, 4, 2, 16),
+            (3, 7, 4, 24),
+            (2, 3, 6, 17),
+        ];
+        for (n, &(cin, cout, h, w)) in shapes.iter().enumerate() {
+            for relu in [false, true] {
+                let (xv, kv, bv) = (
+                    values(cin * h * w, n),
+                    values(cout * cin * 9, n + 7),
+                    values(cout, n + 13),
+                );
+                let x = tensor1(&xv).into_shape(&[1, cin, h, w]).unwrap();
+                let k = tensor1(&kv).into_shape(&[cout, cin, 3, 3]).unwrap();
+                let mut model = graph(&k, &tensor1(&bv), h, w, 1, relu);
+                assert_eq!(replace(&mut model).unwrap(), 1);
+                assert_eq!(
+                    ops(&model),
+                    ["Conv3x3"],
+                    "the ReLU is taken into the convolution"
+                );
+                let got = run(model, &x, None);
+                assert_eq!(got.shape(), [1, cout, h, w]);
+                let want = direct(&xv, &kv, &bv, cin, cout, h, w, relu);
+                let got = got.try_as_plain_ram().unwrap();
+                for (i, (g, w)) in got.as_slice::<f32>().unwrap().iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "{cin}→{cout} {h}×{w} relu {relu} at {i}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_channel_concatenation_read_by_the_convolution_alone_is_taken_in() {
+        if !kernel::available() {
+            return;
+        }
+        let (cin, cout, h, w) = (5, 6, 4, 11);
+        let (xv, kv, bv) = (
+            values(cin * h * w, 5),
+            values(cout * cin * 9, 6),
+            values(cout, 7),
+        );
+        let k = tensor1(&kv).into_shape(&[cout, cin, 3, 3]).unwrap();
+        // The same convolution on a concatenation of 2 and 3 channels.
+        let concatenated = |extra_reader: bool| {
+            let mut model = graph(&k, &tensor1(&bv), h, w, 1, true);
+            let conv = model.node_by_name("conv").unwrap().id;
+            let a = model.add_source("a", f32::fact([1, 2, h, w])).unwrap();
+            let b = model.add_source("b", f32::fact([1, 3, h, w])).unwrap();
+            let cat = model
+                .wire_node("cat", TypedConcat::new(1), &[a, b])
+                .unwrap()[0];
+            model.add_edge(cat, InletId::new(conv, 0)).unwrap();
+            model.inputs = vec![a, b];
+            if extra_reader {
+                let relu = model.node_by_name("relu").unwrap().id;
+                model.select_output_outlets(&[relu.into(), cat]).unwrap();
+            }
+            model.compact().unwrap();
+            model
+        };
+        let mut model = concatenated(false);
+        assert_eq!(replace(&mut model).unwrap(), 1);
+        assert_eq!(ops(&model), ["Conv3x3"]);
+        let (first, second) = xv.split_at(2 * h * w);
+        let plan = model.into_runnable().unwrap();
+        let got = plan
+            .run(tvec!(
+                tensor1(first)
+                    .into_shape(&[1, 2, h, w])
+                    .unwrap()
+                    .into_tvalue(),
+                tensor1(second)
+                    .into_shape(&[1, 3, h, w])
+                    .unwrap()
+                    .into_tvalue()
+            ))
+            .unwrap()
+            .remove(0);
+        let want = direct(&xv, &kv, &bv, cin, cout, h, w, true);
+        let got = got.try_as_plain_ram().unwrap();
+        for (g, w) in got.as_slice::<f32>().unwrap().iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
+        }
+        let mut shared = concatenated(true);
+        assert_eq!(replace(&mut shared).unwrap(), 1);
+        assert_eq!(ops(&shared), ["Concat", "Conv3x3"]);
+    }
+
+    #[test]
+    fn bands_on_two_threads_give_the_same_bits_as_one_thread() {
+        if !kernel::available() {
+            return;
+        }
+        let (cin, cout, h, w) = (6, 10, 9, 21);
+        let x = tensor1(&values(cin * h * w, 1))
+            .into_shape(&[1, cin, h, w])
+            .unwrap();
+        let k = tensor1(&values(cout * cin * 9, 2))
+            .into_shape(&[cout, cin, 3, 3])
+            .unwrap();
+        let b = tensor1(&values(cout, 3));
+        let mut model = graph(&k, &b, h, w, 1, true);
+        replace(&mut model).unwrap();
+        let one = run(model.clone(), &x, None);
+        let two = run(model, &x, Some(Executor::multithread(2)));
+        assert_eq!(one, two);
+    }
+
+    #[test]
+    fn strided_convolutions_keep_tract_s_operator_and_a_shared_output_keeps_its_relu() {
+        if !kernel::available() {
+            return;
+        }
+        let k = tensor1(&values(2 * 3 * 9, 0))
+            .into_shape(&[2, 3, 3, 3])
+            .unwrap();
+        let b = tensor1(&[0.5f32, -0.5]);
+        let mut strided = graph(&k, &b, 8, 8, 2, true);
+        assert_eq!(replace(&mut strided).unwrap(), 0);
+        // Without a following ReLU the bias is still taken, the output stays as it is.
+        let x = tensor1(&values(3 * 8 * 8, 4))
+            .into_shape(&[1, 3, 8, 8])
+            .unwrap();
+        let plain = graph(&k, &b, 8, 8, 1, false);
+        let mut swapped = plain.clone();
+        assert_eq!(replace(&mut swapped).unwrap(), 1);
+        assert_eq!(ops(&swapped), ["Conv3x3"]);
+        let (want, got) = (run(plain, &x, None), run(swapped, &x, None));
+        want.close_enough(&got, true).unwrap();
+        // A convolution whose output is also read elsewhere keeps its ReLU apart.
+        let mut shared = graph(&k, &b, 8, 8, 1, true);
+        let conv = shared.node_by_name("conv").unwrap().id;
+        let relu = shared.node_by_name("relu").unwrap().id;
+        shared
+            .select_output_outlets(&[conv.into(), relu.into()])
+            .unwrap();
+        assert_eq!(replace(&mut shared).unwrap(), 1);
+        assert_eq!(ops(&shared), ["Conv3x3", "Max"]);
+    }
+}
