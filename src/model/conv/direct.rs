@@ -26,18 +26,48 @@ pub struct Conv3x3 {
     cin: usize,
     cout: usize,
     relu: bool,
+    /// The kernel and bias when they are constants, packed once. Without them, they are the
+    /// operator's last two inputs, packed at every run: the conditioned U-Net's FiLM scale is
+    /// folded into its kernels by tract, so they are computed from the task and modality.
+    packed: Option<Packed>,
+}
+
+/// A kernel and bias laid out for [`kernel::sum`].
+#[derive(Debug, Clone)]
+struct Packed {
     /// [`kernel::pack`]ed, 9 taps.
     weights: Arc<[f32]>,
     /// `[tiles × CO]`, zero past `cout`.
     bias: Arc<[f32]>,
 }
 
+impl Packed {
+    /// Packs OIHW `kernel` (`[cout, cin, 3, 3]`) and `bias` (`[cout]`, or one value for all).
+    fn new(kernel: &Tensor, bias: &Tensor, cout: usize, cin: usize) -> TractResult<Packed> {
+        ensure!(
+            kernel.shape() == [cout, cin, 3, 3],
+            "a {cout}×{cin}×3×3 kernel, got {:?}",
+            kernel.shape()
+        );
+        let kernel = kernel.try_as_plain_ram()?;
+        let bias = bias.try_as_plain_ram()?;
+        Ok(Packed {
+            weights: kernel::pack(kernel.as_slice::<f32>()?, cout, cin, 9),
+            bias: kernel::tile_bias(bias.as_slice::<f32>()?, cout, 1)?,
+        })
+    }
+}
+
 /// Equal when they compute the same: the same shapes, ReLU and bits of every parameter.
 impl PartialEq for Conv3x3 {
     fn eq(&self, other: &Conv3x3) -> bool {
-        (self.cin, self.cout, self.relu) == (other.cin, other.cout, other.relu)
-            && kernel::same_bits(&self.weights, &other.weights)
-            && kernel::same_bits(&self.bias, &other.bias)
+        let same_params = match (&self.packed, &other.packed) {
+            (Some(a), Some(b)) => {
+                kernel::same_bits(&a.weights, &b.weights) && kernel::same_bits(&a.bias, &b.bias)
+            }
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        (self.cin, self.cout, self.relu) == (other.cin, other.cout, other.relu) && same_params
     }
 }
 
@@ -56,21 +86,43 @@ impl Conv3x3 {
         let &[cout, cin, 3, 3] = kernel.shape() else {
             bail!("a 3×3 OIHW kernel, got {:?}", kernel.shape());
         };
-        let kernel = kernel.try_as_plain_ram()?;
-        let bias = bias.try_as_plain_ram()?;
+        let packed = Some(Packed::new(kernel, bias, cout, cin)?);
         Ok(Conv3x3 {
             cin,
             cout,
             relu,
-            weights: kernel::pack(kernel.as_slice::<f32>()?, cout, cin, 9),
-            bias: kernel::tile_bias(bias.as_slice::<f32>()?, cout, 1)?,
+            packed,
         })
+    }
+
+    /// The operator for a `cin` → `cout` kernel and bias given as its last two inputs.
+    pub fn wired(cin: usize, cout: usize, relu: bool) -> Conv3x3 {
+        Conv3x3 {
+            cin,
+            cout,
+            relu,
+            packed: None,
+        }
+    }
+
+    /// How many of `inputs` are data: all but the kernel and bias when they are wired.
+    fn data_inputs(&self, inputs: usize) -> TractResult<usize> {
+        let params = if self.packed.is_some() { 0 } else { 2 };
+        ensure!(inputs > params, "Conv3x3 given {inputs} inputs");
+        Ok(inputs - params)
     }
 
     /// The convolution of `input` (`[1, cin, h, w]`, in parts that follow one another along
     /// the channels) into `output` (`[1, cout, h, w]`), on the threads of the calling thread's
     /// tract executor.
-    fn run(&self, input: &[&[f32]], h: usize, w: usize, output: &mut [f32]) -> TractResult<()> {
+    fn run(
+        &self,
+        input: &[&[f32]],
+        h: usize,
+        w: usize,
+        params: &Packed,
+        output: &mut [f32],
+    ) -> TractResult<()> {
         ensure!(kernel::available(), "Conv3x3 needs AVX2 and FMA");
         let values: usize = input.iter().map(|part| part.len()).sum();
         ensure!(values == self.cin * h * w && output.len() == self.cout * h * w);
@@ -107,8 +159,8 @@ impl Conv3x3 {
                         let input = padded[y * stride + x..].as_ptr();
                         let valid = (w - x).min(n * LANES);
                         for tile in 0..self.cout.div_ceil(CO) {
-                            let weights = &self.weights[tile * tile_weights..][..tile_weights];
-                            let bias = &self.bias[tile * CO..][..CO];
+                            let weights = &params.weights[tile * tile_weights..][..tile_weights];
+                            let bias = &params.bias[tile * CO..][..CO];
                             let channels = (self.cout - tile * CO).min(CO);
                             // SAFETY: the features were checked above; every tap of every
                             // channel has n·8 values in `padded` (rows are whole vectors plus
@@ -207,11 +259,12 @@ impl EvalOp for Conv3x3 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let &[1, _, h, w] = inputs[0].shape() else {
-            bail!("Conv3x3 expects [1, C, H, W], got {:?}", inputs[0].shape());
+        let (data, wired) = inputs.split_at(self.data_inputs(inputs.len())?);
+        let &[1, _, h, w] = data[0].shape() else {
+            bail!("Conv3x3 expects [1, C, H, W], got {:?}", data[0].shape());
         };
         let mut cin = 0;
-        for input in &inputs {
+        for input in data {
             let &[1, c, ih, iw] = input.shape() else {
                 bail!("Conv3x3 expects [1, C, H, W], got {:?}", input.shape());
             };
@@ -223,7 +276,16 @@ impl EvalOp for Conv3x3 {
             "{cin} input channels, expected {}",
             self.cin
         );
-        let views = inputs
+        let packed_now;
+        let params = match (&self.packed, wired) {
+            (Some(packed), _) => packed,
+            (None, [kernel, bias]) => {
+                packed_now = Packed::new(kernel, bias, self.cout, self.cin)?;
+                &packed_now
+            }
+            (None, _) => bail!("Conv3x3 without its kernel and bias"),
+        };
+        let views = data
             .iter()
             .map(|input| input.try_as_plain_ram())
             .collect::<TractResult<TVec<_>>>()?;
@@ -234,7 +296,7 @@ impl EvalOp for Conv3x3 {
         // SAFETY: `run` writes every value of the output.
         let mut output = unsafe { Tensor::uninitialized::<f32>(&[1, self.cout, h, w])? };
         let mut out = output.try_as_plain_ram_mut()?;
-        self.run(&parts, h, w, out.as_slice_mut::<f32>()?)?;
+        self.run(&parts, h, w, params, out.as_slice_mut::<f32>()?)?;
         Ok(tvec!(output.into_tvalue()))
     }
 }
@@ -243,7 +305,7 @@ impl TypedOp for Conv3x3 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let shape = &inputs[0].shape;
         let mut cin = TDim::from(0);
-        for input in inputs {
+        for input in &inputs[..self.data_inputs(inputs.len())?] {
             let s = &input.shape;
             ensure!(s.len() == 4 && s[0] == shape[0] && s[2..] == shape[2..]);
             cin += s[1].clone();
@@ -293,16 +355,27 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Conv3x3>
     {
         return Ok(None);
     }
-    let (Some(kernel), Some(bias)) = (
-        model.outlet_fact(node.inputs[1])?.konst.clone(),
-        model.outlet_fact(node.inputs[2])?.konst.clone(),
-    ) else {
-        return Ok(None);
-    };
-    if kernel.datum_type() != f32::datum_type() || bias.datum_type() != f32::datum_type() {
+    let (kernel, bias) = (
+        model.outlet_fact(node.inputs[1])?,
+        model.outlet_fact(node.inputs[2])?,
+    );
+    let (cin, cout) = (conv.input_channels(), conv.output_channels());
+    let kernel_shape = kernel.shape.as_concrete() == Some(&[cout, cin, 3, 3][..]);
+    let bias_shape = bias
+        .shape
+        .as_concrete()
+        .is_some_and(|s| [1, cout].contains(&s.iter().product()));
+    if kernel.datum_type != f32::datum_type()
+        || bias.datum_type != f32::datum_type()
+        || !kernel_shape
+        || !bias_shape
+    {
         return Ok(None);
     }
-    Ok(Some(Conv3x3::new(&kernel, &bias, false)?))
+    Ok(Some(match (&kernel.konst, &bias.konst) {
+        (Some(kernel), Some(bias)) => Conv3x3::new(kernel, bias, false)?,
+        _ => Conv3x3::wired(cin, cout, false),
+    }))
 }
 
 /// Whether `node` is `max(x, 0)` with a constant zero, of the shape of `x`.
@@ -348,11 +421,14 @@ pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
             .op_as::<TypedConcat>()
             .filter(|concat| concat.axis == 1)
             .is_some();
-        let inputs = if concat && only_reader(model, source)?.is_some() {
+        let mut inputs = if concat && only_reader(model, source)?.is_some() {
             source.inputs.clone()
         } else {
             vec![node.inputs[0]]
         };
+        if op.packed.is_none() {
+            inputs.extend_from_slice(&node.inputs[1..3]);
+        }
         // So is a ReLU that alone reads the convolution's output.
         let mut output = OutletId::from(id);
         if let Some(next) = only_reader(model, node)? {
@@ -583,6 +659,63 @@ mod tests {
         let mut shared = concatenated(true);
         assert_eq!(replace(&mut shared).unwrap(), 1);
         assert_eq!(ops(&shared), ["Concat", "Conv3x3"]);
+    }
+
+    #[test]
+    fn a_kernel_computed_in_the_graph_is_packed_at_every_run() {
+        if !kernel::available() {
+            return;
+        }
+        let (cin, cout, h, w) = (3, 5, 4, 10);
+        let (xv, kv, bv) = (
+            values(cin * h * w, 8),
+            values(cout * cin * 9, 9),
+            values(cout, 10),
+        );
+        // The kernel and bias are inputs of the graph, as a FiLM scale folded into them makes
+        // them outputs of other operators.
+        let mut model = graph(
+            &Tensor::zero::<f32>(&[cout, cin, 3, 3]).unwrap(),
+            &tensor1(&bv),
+            h,
+            w,
+            1,
+            true,
+        );
+        let conv = model.node_by_name("conv").unwrap().id;
+        let k = model.add_source("k", f32::fact([cout, cin, 3, 3])).unwrap();
+        let b = model.add_source("bias", f32::fact([cout])).unwrap();
+        model.add_edge(k, InletId::new(conv, 1)).unwrap();
+        model.add_edge(b, InletId::new(conv, 2)).unwrap();
+        model.compact().unwrap();
+        assert_eq!(replace(&mut model).unwrap(), 1);
+        assert_eq!(ops(&model), ["Conv3x3"]);
+        let plan = model.into_runnable().unwrap();
+        for scale in [1.0f32, -0.5] {
+            let scaled: Vec<f32> = kv.iter().map(|v| v * scale).collect();
+            let got = plan
+                .run(tvec!(
+                    tensor1(&xv)
+                        .into_shape(&[1, cin, h, w])
+                        .unwrap()
+                        .into_tvalue(),
+                    tensor1(&scaled)
+                        .into_shape(&[cout, cin, 3, 3])
+                        .unwrap()
+                        .into_tvalue(),
+                    tensor1(&bv).into_tvalue()
+                ))
+                .unwrap()
+                .remove(0);
+            let want = direct(&xv, &scaled, &bv, cin, cout, h, w, true);
+            let got = got.try_as_plain_ram().unwrap();
+            for (g, w) in got.as_slice::<f32>().unwrap().iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "scale {scale}: {g} vs {w}"
+                );
+            }
+        }
     }
 
     #[test]
