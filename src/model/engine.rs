@@ -265,6 +265,7 @@ impl Graph {
         let mut optimized = typed.into_optimized().map_err(onnx_err)?;
         super::softmax::replace(&mut optimized).map_err(onnx_err)?;
         super::quantize::replace(&mut optimized).map_err(onnx_err)?;
+        super::quantize::fuse_dequantize(&mut optimized).map_err(onnx_err)?;
         let threads = graph_threads(threads, fmas);
         let options = RunOptions {
             executor: (threads > 1)

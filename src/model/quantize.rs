@@ -10,10 +10,16 @@
 //! beyond, infinities included, it saturates where tract's integer addition wraps.
 //!
 //! Only f32 inputs are replaced; tract's operator stays for f16 and i32 inputs.
+//!
+//! In the QDQ form nearly every quantization is read by one `DequantizeLinear` and nothing else:
+//! the pair only rounds the activation to the 8-bit grid, in two passes over memory and an
+//! 8-bit tensor between them. [`fuse_dequantize`] makes such a pair one [`QuantizeF32`] with
+//! [`Dequantize`], which writes `(level − zero point) · scale` in f32 from the same loop,
+//! bit-identical to the two operators.
 
 use tract_core::internal::*;
 use tract_core::ops::element_wise::ElementWiseOp;
-use tract_core::ops::quant::{QuantizeLinearI8, QuantizeLinearU8};
+use tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8};
 
 /// `QuantizeLinear` of an f32 tensor to u8 or i8.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,21 +27,33 @@ pub struct QuantizeF32 {
     /// Multiplies the input (tract keeps the reciprocal of ONNX's scale).
     pub scale: f32,
     pub zero_point: i32,
-    /// `U8` or `I8`.
+    /// `U8` or `I8`: the levels' type.
     pub output: DatumType,
+    /// When set, the levels are dequantized in the same pass and the output is f32.
+    pub dequantize: Option<Dequantize>,
+}
+
+/// tract's `DequantizeLinearF32`: `(level − zero_point) · scale`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dequantize {
+    pub scale: f32,
+    pub zero_point: i32,
 }
 
 impl Eq for QuantizeF32 {}
 
 impl Op for QuantizeF32 {
     fn name(&self) -> StaticName {
-        "QuantizeF32".into()
+        match self.dequantize {
+            None => "QuantizeF32".into(),
+            Some(_) => "QuantizeDequantizeF32".into(),
+        }
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "to {:?}, scale: {} zero_point: {}",
-            self.output, self.scale, self.zero_point
+            "to {:?}, scale: {} zero_point: {}, then {:?}",
+            self.output, self.scale, self.zero_point, self.dequantize
         )])
     }
 
@@ -49,23 +67,40 @@ impl EvalOp for QuantizeF32 {
         let input = args_1!(inputs);
         let plain = input.try_as_plain_ram()?;
         let xs = plain.as_slice::<f32>()?;
+        let dt = self.output_type();
         // SAFETY: every element is written below.
-        let mut output = unsafe { Tensor::uninitialized_dt(self.output, input.shape())? };
+        let mut output = unsafe { Tensor::uninitialized_dt(dt, input.shape())? };
         {
             let mut out = output.try_as_plain_ram_mut()?;
-            match self.output {
-                DatumType::U8 => quantize(xs, out.as_slice_mut::<u8>()?, self),
-                DatumType::I8 => quantize(xs, out.as_slice_mut::<i8>()?, self),
-                dt => bail!("QuantizeF32 cannot output {dt:?}"),
+            match (self.output, &self.dequantize) {
+                (DatumType::U8, None) => quantize(xs, out.as_slice_mut::<u8>()?, self),
+                (DatumType::I8, None) => quantize(xs, out.as_slice_mut::<i8>()?, self),
+                (DatumType::U8, Some(dq)) => {
+                    quantize_dequantize::<u8>(xs, out.as_slice_mut::<f32>()?, self, dq)
+                }
+                (DatumType::I8, Some(dq)) => {
+                    quantize_dequantize::<i8>(xs, out.as_slice_mut::<f32>()?, self, dq)
+                }
+                (dt, _) => bail!("QuantizeF32 cannot output {dt:?}"),
             }
         }
         Ok(tvec!(output.into_tvalue()))
     }
 }
 
+impl QuantizeF32 {
+    /// The output's element type: the levels', or f32 when they are dequantized.
+    fn output_type(&self) -> DatumType {
+        match self.dequantize {
+            None => self.output,
+            Some(_) => f32::datum_type(),
+        }
+    }
+}
+
 impl TypedOp for QuantizeF32 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(self.output.fact(inputs[0].shape.clone())))
+        Ok(tvec!(self.output_type().fact(inputs[0].shape.clone())))
     }
 
     as_op!();
@@ -112,6 +147,58 @@ unsafe fn quantize_avx2<T: Quantized>(xs: &[f32], ys: &mut [T], scale: f32, zero
     quantize_slice(xs, ys, scale, zero_point);
 }
 
+/// Quantizes `xs` to the levels of `T` and dequantizes them into `ys`, with AVX2 and FMA where
+/// the CPU has them.
+fn quantize_dequantize<T: Quantized>(
+    xs: &[f32],
+    ys: &mut [f32],
+    op: &QuantizeF32,
+    dq: &Dequantize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        unsafe { quantize_dequantize_avx2::<T>(xs, ys, op, dq) };
+        return;
+    }
+    quantize_dequantize_slice::<T>(xs, ys, op, dq);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_dequantize_avx2<T: Quantized>(
+    xs: &[f32],
+    ys: &mut [f32],
+    op: &QuantizeF32,
+    dq: &Dequantize,
+) {
+    quantize_dequantize_slice::<T>(xs, ys, op, dq);
+}
+
+/// [`level`] then tract's dequantization, `(level − zero point) as f32 · scale`: the level and
+/// both zero points are integers exact in f32, so the difference is the same in floats.
+#[inline(always)]
+fn quantize_dequantize_slice<T: Quantized>(
+    xs: &[f32],
+    ys: &mut [f32],
+    op: &QuantizeF32,
+    dq: &Dequantize,
+) {
+    let (zero, dq_zero) = (op.zero_point as f32, dq.zero_point as f32);
+    for (x, y) in xs.iter().zip(ys.iter_mut()) {
+        *y = (level::<T>(*x, op.scale, zero) - dq_zero) * dq.scale;
+    }
+}
+
+/// The level of `x`, as a float: round half to even, add the zero point, saturate; NaN is the
+/// zero point.
+#[inline(always)]
+fn level<T: Quantized>(x: f32, scale: f32, zero: f32) -> f32 {
+    let q = (x * scale).round_ties_even() + zero;
+    let q = if q.is_nan() { zero } else { q };
+    q.clamp(T::MIN as f32, T::MAX as f32)
+}
+
 /// tract's `quantize_linear_f32_{u8,i8}`: round half to even, add the zero point, saturate.
 /// NaN becomes the zero point, as there (a float-to-integer cast of NaN is 0). Where x · scale
 /// is beyond ±2³¹ (infinities), this saturates; tract's i32 addition wraps there.
@@ -122,9 +209,7 @@ fn quantize_slice<T: Quantized>(xs: &[f32], ys: &mut [T], scale: f32, zero_point
     // larger ones saturate either way.
     let zero = zero_point as f32;
     for (x, y) in xs.iter().zip(ys.iter_mut()) {
-        let q = (x * scale).round_ties_even() + zero;
-        let q = if q.is_nan() { zero } else { q };
-        let q = q.clamp(T::MIN as f32, T::MAX as f32);
+        let q = level::<T>(*x, scale, zero);
         // SAFETY: q is finite and within the output's range.
         *y = T::from_i32(unsafe { q.to_int_unchecked::<i32>() });
     }
@@ -145,18 +230,58 @@ pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
                 scale: q.scale,
                 zero_point: i32::from(q.zero_point),
                 output: DatumType::U8,
+                dequantize: None,
             }
         } else if let Some(q) = mini.downcast_ref::<QuantizeLinearI8>() {
             QuantizeF32 {
                 scale: q.scale,
                 zero_point: i32::from(q.zero_point),
                 output: DatumType::I8,
+                dequantize: None,
             }
         } else {
             return Ok(None);
         };
         Ok(Some(Box::new(op)))
     })
+}
+
+/// Makes every [`QuantizeF32`] of `model` (after [`replace`]) that one `DequantizeLinearF32`
+/// alone reads a [`QuantizeF32`] with [`Dequantize`] in place of both; returns how many.
+pub fn fuse_dequantize(model: &mut TypedModel) -> TractResult<usize> {
+    let mut fused = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(dq) = node.op_as::<DequantizeLinearF32>() else {
+            continue;
+        };
+        let source = model.node(node.inputs[0].node);
+        let Some(q) = source.op_as::<QuantizeF32>() else {
+            continue;
+        };
+        let read_by_this_alone = !model.outputs.contains(&source.id.into())
+            && model.single_succ(source.id)?.is_some_and(|n| n.id == id);
+        if q.dequantize.is_some() || !read_by_this_alone {
+            continue;
+        }
+        let op = QuantizeF32 {
+            dequantize: Some(Dequantize {
+                scale: dq.scale,
+                zero_point: dq.zero_point,
+            }),
+            ..q.clone()
+        };
+        let mut patch = TypedModelPatch::default();
+        let input = patch.tap_model(model, source.inputs[0])?;
+        let wire = patch.wire_node(&source.name, op, &[input])?;
+        patch.shunt_outside(model, id.into(), wire[0])?;
+        patch.apply(model)?;
+        fused += 1;
+    }
+    if fused > 0 {
+        model.compact()?;
+    }
+    Ok(fused)
 }
 
 #[cfg(test)]
@@ -180,6 +305,7 @@ mod tests {
             scale: 1.0,
             zero_point: 100,
             output: DatumType::U8,
+            dequantize: None,
         };
         quantize(&xs, &mut ys, &op);
         assert_eq!(ys, [255, 0, 255, 0]);
@@ -194,6 +320,7 @@ mod tests {
                 scale,
                 zero_point,
                 output: DatumType::U8,
+                dequantize: None,
             };
             quantize(&xs, &mut ys, &op);
             for (x, y) in xs.iter().zip(&ys) {
@@ -206,6 +333,7 @@ mod tests {
                 scale,
                 zero_point,
                 output: DatumType::I8,
+                dequantize: None,
             };
             quantize(&xs, &mut ys, &op);
             for (x, y) in xs.iter().zip(&ys) {
@@ -282,6 +410,87 @@ mod tests {
         let (a, b) = (before.run(inputs()).unwrap(), after.run(inputs()).unwrap());
         for (a, b) in a.iter().zip(&b) {
             assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn a_dequantized_quantization_becomes_one_pass_with_the_same_bits() {
+        let mut model = TypedModel::default();
+        let xs = inputs();
+        let x = model.add_source("x", f32::fact([xs.len()])).unwrap();
+        let q = |model: &mut TypedModel, name: &str, mini: Box<dyn ElementWiseMiniOp>| {
+            model
+                .wire_node(name, ElementWiseOp(mini, None), &[x])
+                .unwrap()[0]
+        };
+        let dq =
+            |model: &mut TypedModel, name: &str, from: OutletId, scale: f32, zero_point: i32| {
+                model
+                    .wire_node(name, DequantizeLinearF32 { scale, zero_point }, &[from])
+                    .unwrap()[0]
+            };
+        let to_u8 = q(
+            &mut model,
+            "to_u8",
+            Box::new(QuantizeLinearU8 {
+                scale: 2.5,
+                zero_point: 120,
+            }),
+        );
+        let to_i8 = q(
+            &mut model,
+            "to_i8",
+            Box::new(QuantizeLinearI8 {
+                scale: 0.75,
+                zero_point: -3,
+            }),
+        );
+        let shared = q(
+            &mut model,
+            "shared",
+            Box::new(QuantizeLinearU8 {
+                scale: 1.5,
+                zero_point: 7,
+            }),
+        );
+        let outputs = [
+            dq(&mut model, "u8", to_u8, 0.4, 120),
+            dq(&mut model, "i8", to_i8, 1.3, -3),
+            // Two readers: the levels stay a tensor of their own.
+            dq(&mut model, "first", shared, 0.7, 7),
+            dq(&mut model, "second", shared, 0.2, 5),
+        ];
+        model.select_output_outlets(&outputs).unwrap();
+        let before = model.clone().into_runnable().unwrap();
+        assert_eq!(replace(&mut model).unwrap(), 3);
+        assert_eq!(fuse_dequantize(&mut model).unwrap(), 2);
+        let names: Vec<_> = model
+            .nodes()
+            .iter()
+            .map(|n| n.op.name().to_string())
+            .collect();
+        assert_eq!(
+            names
+                .iter()
+                .filter(|n| *n == "QuantizeDequantizeF32")
+                .count(),
+            2
+        );
+        assert_eq!(
+            names.iter().filter(|n| *n == "DequantizeLinearF32").count(),
+            2
+        );
+        let after = model.into_runnable().unwrap();
+        let input = || tvec![tensor1(&xs).into_tvalue()];
+        for (a, b) in before
+            .run(input())
+            .unwrap()
+            .iter()
+            .zip(&after.run(input()).unwrap())
+        {
+            let (a, b) = (a.try_as_plain_ram().unwrap(), b.try_as_plain_ram().unwrap());
+            let (a, b) = (a.as_slice::<f32>().unwrap(), b.as_slice::<f32>().unwrap());
+            assert!(a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()));
         }
     }
 }
