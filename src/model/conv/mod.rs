@@ -8,7 +8,7 @@
 //! channels, im2col and a matrix product above that, the ReLU and the concatenations as
 //! separate passes, the transposed convolutions as a matrix product and a scatter. Here the
 //! output is computed straight from the input in NCHW, with no im2col buffer and no layout
-//! change, at 55–65 GFLOP/s. With more than one thread in the graph's pool
+//! change, at 55–70 GFLOP/s. With more than one thread in the graph's pool
 //! (`engine::graph_threads`), rows are split into one band per thread.
 //!
 //! Only f32, 2D, NCHW, batch 1, one group, with constant weights and bias, is replaced, and
