@@ -124,6 +124,7 @@ impl Conv3x3 {
         output: &mut [f32],
     ) -> TractResult<()> {
         ensure!(kernel::available(), "Conv3x3 needs AVX2 and FMA");
+        ensure!(h > 0 && w > 0, "an empty {h}×{w} input");
         let values: usize = input.iter().map(|part| part.len()).sum();
         ensure!(values == self.cin * h * w && output.len() == self.cout * h * w);
         // The zero-bordered copy: rows of `stride` (w rounded up to whole vectors, plus the
@@ -167,32 +168,9 @@ impl Conv3x3 {
                             // the borders); row y of the output is this band's alone, and the
                             // output has cout·h·w values.
                             unsafe {
-                                let sums = match n {
-                                    3 => kernel::sum::<3>(
-                                        input,
-                                        plane * 4,
-                                        &taps,
-                                        self.cin,
-                                        weights,
-                                        bias,
-                                    ),
-                                    2 => kernel::sum::<2>(
-                                        input,
-                                        plane * 4,
-                                        &taps,
-                                        self.cin,
-                                        weights,
-                                        bias,
-                                    ),
-                                    _ => kernel::sum::<1>(
-                                        input,
-                                        plane * 4,
-                                        &taps,
-                                        self.cin,
-                                        weights,
-                                        bias,
-                                    ),
-                                };
+                                let step = plane * 4;
+                                let sums =
+                                    kernel::sum_of(n, input, step, &taps, self.cin, weights, bias);
                                 let out = output.ptr().add((tile * CO * h + y) * w + x);
                                 store(sums, n, self.relu, out, h * w, channels, valid);
                             }
@@ -341,7 +319,7 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Conv3x3>
     let batch_of_one = input
         .shape
         .as_concrete()
-        .is_some_and(|s| s.len() == 4 && s[0] == 1);
+        .is_some_and(|s| s.len() == 4 && s[0] == 1 && s[2] > 0 && s[3] > 0);
     if conv.q_params.is_some()
         || conv.group != 1
         || conv.kernel_fmt != KernelFormat::OIHW

@@ -162,6 +162,27 @@ pub unsafe fn sum<const V: usize>(
     acc
 }
 
+/// [`sum`] for a block of `n` (1, 2 or 3) vectors.
+///
+/// # Safety
+/// As for [`sum`], with V = `n`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn sum_of(
+    n: usize,
+    input: *const f32,
+    step: usize,
+    taps: &[usize],
+    cin: usize,
+    weights: &[f32],
+    bias: &[f32],
+) -> Sums {
+    match n {
+        3 => sum::<3>(input, step, taps, cin, weights, bias),
+        2 => sum::<2>(input, step, taps, cin, weights, bias),
+        _ => sum::<1>(input, step, taps, cin, weights, bias),
+    }
+}
+
 /// The blocks a row of `vectors` vectors is cut into, as (first vector, vectors): blocks of 3,
 /// and 4 left as 2 + 2 rather than 3 + 1 (a block of 1 has too few accumulators to keep the
 /// FMA units busy).

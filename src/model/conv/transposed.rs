@@ -89,11 +89,8 @@ impl Deconv2x2 {
                         // are this band's alone, and the output has cout·4·h·w values.
                         unsafe {
                             let step = h * w * 4;
-                            let sums = match n {
-                                3 => kernel::sum::<3>(pixels, step, &[0], self.cin, weights, bias),
-                                2 => kernel::sum::<2>(pixels, step, &[0], self.cin, weights, bias),
-                                _ => kernel::sum::<1>(pixels, step, &[0], self.cin, weights, bias),
-                            };
+                            let sums =
+                                kernel::sum_of(n, pixels, step, &[0], self.cin, weights, bias);
                             let top = output.ptr().add((o * 2 * h + 2 * y) * 2 * w + 2 * x);
                             store_interleaved(&sums, n, top, 2 * w);
                         }
