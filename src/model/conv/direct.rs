@@ -1,10 +1,10 @@
 //! The direct 3×3 convolution: [`Conv3x3`], swapped for tract's `Conv` with the channel
 //! concatenation before it and the `max(x, 0)` after it, where it alone reads them.
 //!
-//! The input is first copied once into a zero-bordered buffer (the parts of a concatenation
-//! one after another), so no tap needs an edge test; each output row is then cut into blocks
-//! ([`kernel::blocks`]) that [`kernel::sum`] sums over the 9 taps and every input channel, and
-//! bias and ReLU are applied in registers before the one store.
+//! Each band of rows first copies the input rows it reads into a zero-bordered buffer (the
+//! parts of a concatenation one after another), so no tap needs an edge test; each output row
+//! is then cut into blocks ([`kernel::blocks`]) that [`kernel::sum`] sums over the 9 taps and
+//! every input channel, and bias and ReLU are applied in registers before the one store.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -74,8 +74,8 @@ impl PartialEq for Conv3x3 {
 impl Eq for Conv3x3 {}
 
 thread_local! {
-    /// The zero-bordered input of the convolution running on this thread, kept between runs
-    /// so its pages are not faulted in again every frame.
+    /// The zero-bordered input rows of the band of a convolution running on this thread, kept
+    /// between runs so its pages are not faulted in again every frame.
     static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -127,37 +127,40 @@ impl Conv3x3 {
         ensure!(h > 0 && w > 0, "an empty {h}×{w} input");
         let values: usize = input.iter().map(|part| part.len()).sum();
         ensure!(values == self.cin * h * w && output.len() == self.cout * h * w);
-        // The zero-bordered copy: rows of `stride` (w rounded up to whole vectors, plus the
-        // two border columns), h + 2 rows per channel.
+        // Each band works on its own zero-bordered copy of the input rows it reads (its rows
+        // and one more on each side), in the thread-local buffer of the thread running it, so
+        // the copies are made in parallel too. Rows are `stride` long: w rounded up to whole
+        // vectors, plus the two border columns.
         let stride = w.div_ceil(LANES) * LANES + 2;
-        let plane = (h + 2) * stride;
-        PADDED.with_borrow_mut(|padded| {
-            if padded.len() < self.cin * plane {
-                padded.resize(self.cin * plane, 0.0);
-            }
-            // Every value is written: the border zeros, then the rows.
-            let padded = &mut padded[..self.cin * plane];
-            let planes = input.iter().flat_map(|part| part.chunks_exact(h * w));
-            for (src, dst) in planes.zip(padded.chunks_exact_mut(plane)) {
-                let (top, rows) = dst.split_at_mut(stride);
-                let (rows, bottom) = rows.split_at_mut(h * stride);
-                top.fill(0.0);
-                bottom.fill(0.0);
-                for (s, d) in src.chunks_exact(w).zip(rows.chunks_exact_mut(stride)) {
-                    d[0] = 0.0;
-                    d[1..=w].copy_from_slice(s);
-                    d[w + 1..].fill(0.0);
+        let taps: [usize; 9] = std::array::from_fn(|t| ((t / 3) * stride + t % 3) * 4);
+        let output = Output(output.as_mut_ptr());
+        let tile_weights = self.cin * 9 * CO;
+        kernel::in_bands(h, |from, to| {
+            PADDED.with_borrow_mut(|padded| {
+                let plane = (to - from + 2) * stride;
+                if padded.len() < self.cin * plane {
+                    padded.resize(self.cin * plane, 0.0);
                 }
-            }
-            let padded: &[f32] = padded;
-            let taps: [usize; 9] = std::array::from_fn(|t| ((t / 3) * stride + t % 3) * 4);
-            let output = Output(output.as_mut_ptr());
-            let tile_weights = self.cin * 9 * CO;
-            kernel::in_bands(h, |from, to| {
+                let padded = &mut padded[..self.cin * plane];
+                let planes = input.iter().flat_map(|part| part.chunks_exact(h * w));
+                for (src, dst) in planes.zip(padded.chunks_exact_mut(plane)) {
+                    // Every value is written: row r is input row from − 1 + r, or zeros.
+                    for (r, d) in dst.chunks_exact_mut(stride).enumerate() {
+                        match (from + r).checked_sub(1).filter(|&y| y < h) {
+                            Some(y) => {
+                                d[0] = 0.0;
+                                d[1..=w].copy_from_slice(&src[y * w..][..w]);
+                                d[w + 1..].fill(0.0);
+                            }
+                            None => d.fill(0.0),
+                        }
+                    }
+                }
+                let padded: &[f32] = padded;
                 for y in from..to {
                     for (v, n) in kernel::blocks(w.div_ceil(LANES)) {
                         let x = v * LANES;
-                        let input = padded[y * stride + x..].as_ptr();
+                        let input = padded[(y - from) * stride + x..].as_ptr();
                         let valid = (w - x).min(n * LANES);
                         for tile in 0..self.cout.div_ceil(CO) {
                             let weights = &params.weights[tile * tile_weights..][..tile_weights];
