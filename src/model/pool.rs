@@ -13,7 +13,7 @@
 //! is kept only where it comes first in its window.
 
 use tract_core::internal::*;
-use tract_core::ops::cnn::{MaxPool, PaddingSpec};
+use tract_core::ops::cnn::{MaxPool, PaddingSpec, PoolSpec};
 use tract_core::ops::nn::DataFormat;
 
 /// Max pooling over 2×2 windows with stride 2 of an f32 tensor whose last two axes are H, W.
@@ -99,6 +99,23 @@ fn larger(a: f32, b: f32) -> f32 {
     }
 }
 
+/// Whether `spec` slides undilated 2D `size`×`size` windows at stride `stride` over its input,
+/// with `pad` zeros on every side (ONNX's defaults: stride and dilation 1).
+pub fn square_windows(spec: &PoolSpec, size: usize, stride: usize, pad: usize) -> bool {
+    let all = |v: &Option<TVec<usize>>, n: usize| {
+        v.as_ref().map_or(n == 1, |v| v.iter().all(|&d| d == n))
+    };
+    let padded = match &spec.padding {
+        PaddingSpec::Valid => pad == 0,
+        PaddingSpec::Explicit(before, after) => before.iter().chain(after).all(|&p| p == pad),
+        _ => false,
+    };
+    spec.kernel_shape[..] == [size, size]
+        && all(&spec.strides, stride)
+        && all(&spec.dilations, 1)
+        && padded
+}
+
 /// Replaces every eligible max pooling of `model` (a decluttered model) with [`MaxPool2x2`];
 /// returns how many were replaced.
 pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
@@ -107,20 +124,9 @@ pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
             return Ok(None);
         };
         let spec = &pool.pool_spec;
-        let all = |v: &Option<TVec<usize>>, n: usize| {
-            v.as_ref().is_none_or(|v| v.iter().all(|&d| d == n))
-        };
-        let unpadded = match &spec.padding {
-            PaddingSpec::Valid => true,
-            PaddingSpec::Explicit(before, after) => before.iter().chain(after).all(|&p| p == 0),
-            _ => false,
-        };
         let eligible = pool.with_index_outputs.is_none()
             && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
-            && spec.kernel_shape[..] == [2, 2]
-            && spec.strides.as_ref().is_some_and(|s| s[..] == [2, 2])
-            && all(&spec.dilations, 1)
-            && unpadded
+            && square_windows(spec, 2, 2, 0)
             && model.outlet_fact(node.inputs[0])?.datum_type == f32::datum_type();
         Ok(eligible.then(|| Box::new(MaxPool2x2) as Box<dyn TypedOp>))
     })
@@ -129,7 +135,6 @@ pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_core::ops::cnn::PoolSpec;
 
     fn pool_graph(c: usize, h: usize, w: usize, stride: usize) -> TypedModel {
         let mut model = TypedModel::default();
@@ -186,5 +191,41 @@ mod tests {
     fn other_strides_keep_tract_s_operator() {
         let mut model = pool_graph(2, 8, 8, 1);
         assert_eq!(replace(&mut model).unwrap(), 0);
+    }
+
+    #[test]
+    fn windows_are_read_with_onnx_defaults() {
+        let spec = |strides: Option<TVec<usize>>, padding: PaddingSpec| PoolSpec {
+            data_format: DataFormat::NCHW,
+            kernel_shape: tvec!(3, 3),
+            padding,
+            dilations: None,
+            strides,
+            input_channels: 1,
+            output_channels: 1,
+        };
+        let one = PaddingSpec::Explicit(tvec!(1, 1), tvec!(1, 1));
+        assert!(square_windows(&spec(None, one.clone()), 3, 1, 1));
+        assert!(!square_windows(&spec(None, one.clone()), 3, 2, 1));
+        assert!(!square_windows(
+            &spec(Some(tvec!(2, 1)), one.clone()),
+            3,
+            2,
+            1
+        ));
+        assert!(!square_windows(&spec(None, one), 3, 1, 0));
+        assert!(square_windows(
+            &spec(Some(tvec!(2, 2)), PaddingSpec::Valid),
+            3,
+            2,
+            0
+        ));
+        assert!(!square_windows(
+            &spec(None, PaddingSpec::SameUpper),
+            3,
+            1,
+            1
+        ));
+        assert!(!square_windows(&spec(None, PaddingSpec::Valid), 2, 1, 0));
     }
 }

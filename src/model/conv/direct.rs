@@ -13,11 +13,11 @@ use tract_core::internal::*;
 use tract_core::ops::array::TypedConcat;
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::cnn::conv::{Conv, KernelFormat};
-use tract_core::ops::cnn::PaddingSpec;
 use tract_core::ops::math::Max;
 use tract_core::ops::nn::DataFormat;
 
 use super::kernel::{self, Output, Sums, CO, LANES};
+use crate::model::pool::square_windows;
 
 /// A 3×3, stride 1, padding 1 convolution of an f32 NCHW tensor (N = 1), with its bias and
 /// optionally a ReLU; its input may come in parts along the channels.
@@ -315,9 +315,6 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Conv3x3>
         return Ok(None);
     };
     let spec = &conv.pool_spec;
-    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&d| d == 1));
-    let padded_by_one = matches!(&spec.padding,
-        PaddingSpec::Explicit(before, after) if before[..] == [1, 1] && after[..] == [1, 1]);
     let input = model.outlet_fact(node.inputs[0])?;
     let batch_of_one = input
         .shape
@@ -327,10 +324,7 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Conv3x3>
         || conv.group != 1
         || conv.kernel_fmt != KernelFormat::OIHW
         || spec.data_format != DataFormat::NCHW
-        || spec.kernel_shape[..] != [3, 3]
-        || !ones(&spec.strides)
-        || !ones(&spec.dilations)
-        || !padded_by_one
+        || !square_windows(spec, 3, 1, 1)
         || input.datum_type != f32::datum_type()
         || !batch_of_one
     {

@@ -10,10 +10,11 @@
 use std::arch::x86_64::*;
 
 use tract_core::internal::*;
-use tract_core::ops::cnn::{Deconv, KernelFormat, PaddingSpec};
+use tract_core::ops::cnn::{Deconv, KernelFormat};
 use tract_core::ops::nn::DataFormat;
 
 use super::kernel::{self, Output, Sums, LANES};
+use crate::model::pool::square_windows;
 
 /// A 2×2, stride 2, unpadded transposed convolution of an f32 NCHW tensor (N = 1) whose rows
 /// are whole vectors (W a multiple of 8), with its bias.
@@ -183,12 +184,6 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Deconv2x
         return Ok(None);
     };
     let spec = &deconv.pool_spec;
-    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&d| d == 1));
-    let unpadded = match &spec.padding {
-        PaddingSpec::Valid => true,
-        PaddingSpec::Explicit(before, after) => before.iter().chain(after).all(|&p| p == 0),
-        _ => false,
-    };
     let input = model.outlet_fact(node.inputs[0])?;
     let whole_rows = input
         .shape
@@ -198,10 +193,7 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Deconv2x
         || deconv.kernel_format != KernelFormat::OIHW
         || deconv.adjustments.iter().any(|&a| a != 0)
         || spec.data_format != DataFormat::NCHW
-        || spec.kernel_shape[..] != [2, 2]
-        || spec.strides.as_ref().is_none_or(|s| s[..] != [2, 2])
-        || !ones(&spec.dilations)
-        || !unpadded
+        || !square_windows(spec, 2, 2, 0)
         || input.datum_type != f32::datum_type()
         || !whole_rows
         || node.inputs.len() != 3
@@ -241,7 +233,7 @@ pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_core::ops::cnn::PoolSpec;
+    use tract_core::ops::cnn::{PaddingSpec, PoolSpec};
 
     /// tract's transposed convolution (2×2, stride 2) on `[1, cin, h, w]`.
     fn graph(k: &Tensor, b: &Tensor, h: usize, w: usize) -> TypedModel {
