@@ -295,7 +295,15 @@ fn run_drives_the_demo_through_every_sink_and_prints_the_summary() {
     let summary: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["processed"], 15);
-    assert!(dir.join("display/display_000000.png").exists());
+    // The display is a view: its one-frame queue keeps the newest frame, and its PNG thread runs
+    // in the idle scheduling class, so on a busy machine frame 0 may be replaced before it is
+    // shown. The first frame it is offered is written, whichever that is.
+    let snapshots = fs::read_dir(dir.join("display"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("display_"))
+        .count();
+    assert!(snapshots >= 1, "no display snapshot in {}", dir.display());
 }
 
 #[test]
