@@ -53,7 +53,7 @@ impl Packed {
         let bias = bias.try_as_plain_ram()?;
         Ok(Packed {
             weights: kernel::pack(kernel.as_slice::<f32>()?, cout, cin, 9),
-            bias: kernel::tile_bias(bias.as_slice::<f32>()?, cout, 1)?,
+            bias: kernel::tile_bias(bias.as_slice::<f32>()?, cout)?,
         })
     }
 }

@@ -1,5 +1,5 @@
-//! The AVX2 + FMA micro-kernel the convolutions here share, and how they split rows between
-//! threads.
+//! The AVX2 + FMA micro-kernel of the direct convolution, its weight layout, and how rows are
+//! split between threads.
 //!
 //! [`sum`] computes a tile of [`CO`] output channels × V vectors of 8 pixels: 4·V accumulators
 //! (ymm0–ymm11, channel c in ymm 3c..3c+V), V input vectors (ymm12–14) and one weight
@@ -44,17 +44,17 @@ pub fn pack(kernel: &[f32], cout: usize, cin: usize, taps: usize) -> Arc<[f32]> 
     packed.into()
 }
 
-/// A bias (`[cout]`, or one value for all) laid out for [`sum`]: each channel's value on
-/// `lanes` lanes in a row, zero past the last to fill the last tile.
-pub fn tile_bias(bias: &[f32], cout: usize, lanes: usize) -> TractResult<Arc<[f32]>> {
+/// A bias (`[cout]`, or one value for all) laid out for [`sum`]: one value per output channel,
+/// zero past the last to fill the last tile.
+pub fn tile_bias(bias: &[f32], cout: usize) -> TractResult<Arc<[f32]>> {
     ensure!(
         bias.len() == cout || bias.len() == 1,
         "a bias of {} values for {cout} channels",
         bias.len()
     );
-    let mut tiled = vec![0f32; (cout * lanes).div_ceil(CO) * CO];
-    for (o, chunk) in tiled.chunks_exact_mut(lanes).take(cout).enumerate() {
-        chunk.fill(bias[if bias.len() == 1 { 0 } else { o }]);
+    let mut tiled = vec![0f32; cout.div_ceil(CO) * CO];
+    for (o, value) in tiled.iter_mut().take(cout).enumerate() {
+        *value = bias[if bias.len() == 1 { 0 } else { o }];
     }
     Ok(tiled.into())
 }

@@ -1,28 +1,25 @@
 //! Direct convolutions for x86-64 with AVX2 and FMA, swapped into decluttered graphs for
 //! tract's: [`direct`] for 3×3, stride 1, padding 1 convolutions (with the channel
-//! concatenation before and the ReLU after them), [`transposed`] for 2×2, stride 2 transposed
-//! convolutions; both on the micro-kernel of [`kernel`].
+//! concatenation before and the ReLU after them), on the micro-kernel of [`kernel`].
 //!
 //! The U-Nets are made of these, and tract ran them at 23–37 GFLOP/s on this project's x86
 //! machine (78 GFLOP/s peak per core): its direct spatial convolution for inputs of up to 64
 //! channels, im2col and a matrix product above that, the ReLU and the concatenations as
-//! separate passes, the transposed convolutions as a matrix product and a scatter. Here the
-//! output is computed straight from the input in NCHW, with no im2col buffer and no layout
-//! change, at 55–70 GFLOP/s. With more than one thread in the graph's pool
+//! separate passes. Here the output is computed straight from the input in NCHW, with no im2col
+//! buffer and no layout change: 48–71 GFLOP/s, 2.9–4.5× tract's speed on the U-Nets' 128-pixel
+//! rows and 1.6–1.75× on 64-pixel rows, but only 1.0–1.15× on 32- and 16-pixel rows, where a
+//! block holds 2 vectors (`cargo bench --bench conv`). With more than one thread in the graph's pool
 //! (`engine::graph_threads`), rows are split into one band per thread.
 //!
-//! Only f32, 2D, NCHW, batch 1, one group, with constant weights and bias, is replaced, and
-//! only where the CPU has AVX2 and FMA; every other convolution, and every convolution on other
-//! CPUs (Arm cores run tract's own NEON kernels), keeps tract's operator. Summation order
-//! differs from tract's and onnxruntime's, so results agree within float rounding (the parity
-//! tests' tolerances).
+//! Only f32, 2D, NCHW, batch 1, one group convolutions are replaced, and only where the CPU has
+//! AVX2 and FMA; every other convolution, and every convolution on other CPUs (Arm cores run
+//! tract's own NEON kernels), keeps tract's operator. Summation order differs from tract's and
+//! onnxruntime's, so results agree within float rounding (the parity tests' tolerances).
 
 #[cfg(target_arch = "x86_64")]
 pub mod direct;
 #[cfg(target_arch = "x86_64")]
 pub mod kernel;
-#[cfg(target_arch = "x86_64")]
-pub mod transposed;
 
 use tract_core::internal::*;
 
@@ -31,7 +28,7 @@ use tract_core::internal::*;
 pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
     #[cfg(target_arch = "x86_64")]
     if kernel::available() {
-        return Ok(direct::replace(model)? + transposed::replace(model)?);
+        return direct::replace(model);
     }
     let _ = model;
     Ok(0)
