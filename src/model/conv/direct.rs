@@ -478,6 +478,19 @@ mod tests {
         out
     }
 
+    /// Asserts that `got` holds `want` within float rounding (summation orders differ).
+    fn assert_close(got: &Tensor, want: &[f32], what: &str) {
+        let got = got.try_as_plain_ram().unwrap();
+        let got = got.as_slice::<f32>().unwrap();
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "{what} at {i}: {g} vs {w}"
+            );
+        }
+    }
+
     /// A graph of tract's convolution (3×3, padding 1, given strides) on `[1, cin, h, w]`,
     /// optionally followed by `max(x, 0)`.
     fn graph(k: &Tensor, b: &Tensor, h: usize, w: usize, stride: usize, relu: bool) -> TypedModel {
@@ -567,13 +580,7 @@ mod tests {
                 let got = run(model, &x, None);
                 assert_eq!(got.shape(), [1, cout, h, w]);
                 let want = direct(&xv, &kv, &bv, cin, cout, h, w, relu);
-                let got = got.try_as_plain_ram().unwrap();
-                for (i, (g, w)) in got.as_slice::<f32>().unwrap().iter().zip(&want).enumerate() {
-                    assert!(
-                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                        "{cin}→{cout} {h}×{w} relu {relu} at {i}: {g} vs {w}"
-                    );
-                }
+                assert_close(&got, &want, &format!("{cin}→{cout} {h}×{w} relu {relu}"));
             }
         }
     }
@@ -627,10 +634,7 @@ mod tests {
             .unwrap()
             .remove(0);
         let want = direct(&xv, &kv, &bv, cin, cout, h, w, true);
-        let got = got.try_as_plain_ram().unwrap();
-        for (g, w) in got.as_slice::<f32>().unwrap().iter().zip(&want) {
-            assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
-        }
+        assert_close(&got.into_tensor(), &want, "concatenated input");
         let mut shared = concatenated(true);
         assert_eq!(replace(&mut shared).unwrap(), 1);
         assert_eq!(ops(&shared), ["Concat", "Conv3x3"]);
@@ -683,13 +687,7 @@ mod tests {
                 .unwrap()
                 .remove(0);
             let want = direct(&xv, &scaled, &bv, cin, cout, h, w, true);
-            let got = got.try_as_plain_ram().unwrap();
-            for (g, w) in got.as_slice::<f32>().unwrap().iter().zip(&want) {
-                assert!(
-                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                    "scale {scale}: {g} vs {w}"
-                );
-            }
+            assert_close(&got.into_tensor(), &want, &format!("scale {scale}"));
         }
     }
 
