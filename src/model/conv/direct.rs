@@ -62,9 +62,7 @@ impl Packed {
 impl PartialEq for Conv3x3 {
     fn eq(&self, other: &Conv3x3) -> bool {
         let same_params = match (&self.packed, &other.packed) {
-            (Some(a), Some(b)) => {
-                kernel::same_bits(&a.weights, &b.weights) && kernel::same_bits(&a.bias, &b.bias)
-            }
+            (Some(a), Some(b)) => same_bits(&a.weights, &b.weights) && same_bits(&a.bias, &b.bias),
             (a, b) => a.is_none() && b.is_none(),
         };
         (self.cin, self.cout, self.relu) == (other.cin, other.cout, other.relu) && same_params
@@ -72,6 +70,13 @@ impl PartialEq for Conv3x3 {
 }
 
 impl Eq for Conv3x3 {}
+
+/// Whether two parameter arrays hold the same bits.
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.iter()
+        .map(|v| v.to_bits())
+        .eq(b.iter().map(|v| v.to_bits()))
+}
 
 thread_local! {
     /// The zero-bordered input rows of the band of a convolution running on this thread, kept
@@ -173,7 +178,7 @@ impl Conv3x3 {
                             unsafe {
                                 let step = plane * 4;
                                 let sums =
-                                    kernel::sum_of(n, input, step, &taps, self.cin, weights, bias);
+                                    kernel::sum(n, input, step, &taps, self.cin, weights, bias);
                                 let out = output.ptr().add((tile * CO * h + y) * w + x);
                                 store(sums, n, self.relu, out, h * w, channels, valid);
                             }

@@ -59,22 +59,12 @@ pub fn tile_bias(bias: &[f32], cout: usize) -> TractResult<Arc<[f32]>> {
     Ok(tiled.into())
 }
 
-/// Whether two parameter arrays hold the same bits (operators compare equal by them).
-pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
-    a.iter()
-        .map(|v| v.to_bits())
-        .eq(b.iter().map(|v| v.to_bits()))
-}
-
-/// The sums of one tile over `taps` (byte offsets from `input`) and `cin` input channels
-/// `step` bytes apart, starting from `bias` (`[CO]`); `weights` is the tile's
-/// `[taps][cin][CO]`.
+/// [`sum`] for a block of V vectors: the assembly, compiled once for each block width.
 ///
 /// # Safety
-/// AVX2 and FMA are available; `cin` ≥ 1 and `taps` is not empty; from `input`, every tap of
-/// every channel can be read for `V·8` values.
+/// As for [`sum`], with `n` = V.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn sum<const V: usize>(
+unsafe fn sum_v<const V: usize>(
     input: *const f32,
     step: usize,
     taps: &[usize],
@@ -162,12 +152,15 @@ pub unsafe fn sum<const V: usize>(
     acc
 }
 
-/// [`sum`] for a block of `n` (1, 2 or 3) vectors.
+/// The sums of one tile for a block of `n` (1, 2 or 3) vectors of 8 pixels from `input` on,
+/// over `taps` (byte offsets from `input`) and `cin` input channels `step` bytes apart,
+/// starting from `bias` (`[CO]`); `weights` is the tile's `[taps][cin][CO]`.
 ///
 /// # Safety
-/// As for [`sum`], with V = `n`.
+/// AVX2 and FMA are available; `cin` ≥ 1 and `taps` is not empty; from `input`, every tap of
+/// every channel can be read for `n·8` values.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn sum_of(
+pub unsafe fn sum(
     n: usize,
     input: *const f32,
     step: usize,
@@ -177,9 +170,9 @@ pub unsafe fn sum_of(
     bias: &[f32],
 ) -> Sums {
     match n {
-        3 => sum::<3>(input, step, taps, cin, weights, bias),
-        2 => sum::<2>(input, step, taps, cin, weights, bias),
-        _ => sum::<1>(input, step, taps, cin, weights, bias),
+        3 => sum_v::<3>(input, step, taps, cin, weights, bias),
+        2 => sum_v::<2>(input, step, taps, cin, weights, bias),
+        _ => sum_v::<1>(input, step, taps, cin, weights, bias),
     }
 }
 

@@ -7,9 +7,9 @@
 //! channels, im2col and a matrix product above that, the ReLU and the concatenations as
 //! separate passes. Here the output is computed straight from the input in NCHW, with no im2col
 //! buffer and no layout change: 48–71 GFLOP/s, 2.9–4.5× tract's speed on the U-Nets' 128-pixel
-//! rows and 1.6–1.75× on 64-pixel rows, but only 1.0–1.15× on 32- and 16-pixel rows, where a
-//! block holds 2 vectors (`cargo bench --bench conv`). With more than one thread in the graph's pool
-//! (`engine::graph_threads`), rows are split into one band per thread.
+//! rows and 1.5–1.75× on 64-pixel rows, but only 0.9–1.2× on 32- and 16-pixel rows, where a
+//! block holds 2 vectors (`cargo bench --bench conv`). With more than one thread in the graph's
+//! pool (`engine::graph_threads`), rows are split into one band per thread.
 //!
 //! Only f32, 2D, NCHW, batch 1, one group convolutions are replaced, and only where the CPU has
 //! AVX2 and FMA; every other convolution, and every convolution on other CPUs (Arm cores run
