@@ -35,25 +35,6 @@ type Plan = Arc<TypedRunnableModel>;
 /// this project's graphs with `edgeseg bench --threads 1,2`, docs/performance.md).
 pub const FMAS_PER_THREAD: u64 = 200_000_000;
 
-/// Replaces each node of `model` for which `swap` gives an operator with that operator, on the
-/// same inputs; returns how many were replaced. This is how the optimised plans take the faster
-/// operators of `softmax` and `quantize`.
-pub(super) fn swap_ops(
-    model: &mut TypedModel,
-    swap: impl Fn(&TypedModel, &TypedNode) -> TractResult<Option<Box<dyn TypedOp>>>,
-) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        if let Some(op) = swap(model, node)? {
-            let inputs = node.inputs.clone();
-            TypedModelPatch::replace_single_op(model, node, &inputs, op)?.apply(model)?;
-            replaced += 1;
-        }
-    }
-    Ok(replaced)
-}
-
 /// The threads a graph of `fmas` multiply–adds runs on when `threads` are allowed.
 pub fn graph_threads(threads: usize, fmas: u64) -> usize {
     let earned = usize::try_from(fmas / FMAS_PER_THREAD).unwrap_or(usize::MAX);
@@ -262,6 +243,7 @@ impl Graph {
         }
         super::conv::replace(&mut typed).map_err(onnx_err)?;
         super::pool::replace(&mut typed).map_err(onnx_err)?;
+        super::norm::replace(&mut typed).map_err(onnx_err)?;
         let mut optimized = typed.into_optimized().map_err(onnx_err)?;
         super::softmax::replace(&mut optimized).map_err(onnx_err)?;
         super::quantize::replace(&mut optimized).map_err(onnx_err)?;

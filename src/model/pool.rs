@@ -119,7 +119,7 @@ pub fn square_windows(spec: &PoolSpec, size: usize, stride: usize, pad: usize) -
 /// Replaces every eligible max pooling of `model` (a decluttered model) with [`MaxPool2x2`];
 /// returns how many were replaced.
 pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
-    super::engine::swap_ops(model, |model, node| {
+    super::rewrite::swap_ops(model, |model, node| {
         let Some(pool) = node.op_as::<MaxPool>() else {
             return Ok(None);
         };

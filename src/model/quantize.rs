@@ -218,7 +218,7 @@ fn quantize_slice<T: Quantized>(xs: &[f32], ys: &mut [T], scale: f32, zero_point
 /// Replaces every f32-input `QuantizeLinearU8`/`QuantizeLinearI8` of `model` (an optimised
 /// plan's model) with [`QuantizeF32`]; returns how many were replaced.
 pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
-    super::engine::swap_ops(model, |model, node| {
+    super::rewrite::swap_ops(model, |model, node| {
         let Some(ElementWiseOp(mini, None)) = node.op_as::<ElementWiseOp>() else {
             return Ok(None);
         };

@@ -58,7 +58,7 @@ impl TypedOp for RowSoftmax {
 /// Replaces every f32 last-axis softmax of `model` (an optimised plan's model) with
 /// [`RowSoftmax`]; returns how many were replaced.
 pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
-    super::engine::swap_ops(model, |model, node| {
+    super::rewrite::swap_ops(model, |model, node| {
         let Some(op) = node.op_as::<Softmax>() else {
             return Ok(None);
         };

@@ -18,6 +18,7 @@ use tract_core::ops::nn::DataFormat;
 
 use super::kernel::{self, Output, Sums, CO, LANES};
 use crate::model::pool::square_windows;
+use crate::model::rewrite::{only_reader, same_bits};
 
 /// A 3×3, stride 1, padding 1 convolution of an f32 NCHW tensor (N = 1), with its bias and
 /// optionally a ReLU; its input may come in parts along the channels.
@@ -70,13 +71,6 @@ impl PartialEq for Conv3x3 {
 }
 
 impl Eq for Conv3x3 {}
-
-/// Whether two parameter arrays hold the same bits.
-fn same_bits(a: &[f32], b: &[f32]) -> bool {
-    a.iter()
-        .map(|v| v.to_bits())
-        .eq(b.iter().map(|v| v.to_bits()))
-}
 
 thread_local! {
     /// The zero-bordered input rows of the band of a convolution running on this thread, kept
@@ -375,16 +369,6 @@ fn is_relu(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
         .and_then(|u| u.cast_to_scalar::<f32>().ok())
         == Some(0.0);
     Ok(zero)
-}
-
-/// `node`'s only reader, when `node` has one and is not an output of the model.
-fn only_reader<'m>(model: &'m TypedModel, node: &TypedNode) -> TractResult<Option<&'m TypedNode>> {
-    if model.outputs.contains(&node.id.into()) {
-        return Ok(None);
-    }
-    Ok(model
-        .single_succ(node.id)?
-        .filter(|next| next.inputs.iter().filter(|&&i| i == node.id.into()).count() == 1))
 }
 
 /// Replaces every eligible convolution of `model` with [`Conv3x3`]; returns how many.
