@@ -1,13 +1,16 @@
-//! The U-Nets' 3×3 convolution layers, one convolution and its ReLU per plan, on one thread:
-//! tract's operator against `Conv3x3`, which `edgeseg::model::conv` swaps in for it, in the
-//! same process, on the same input. Shapes are the U-Nets' (`models/tools/unet_common.py`):
-//! 3×3, stride 1, padding 1.
+//! What `edgeseg::model::conv` swaps in, against tract's operators, one operator per plan, on
+//! one thread, in the same process, on the same input:
+//! - the U-Nets' 3×3 convolution layers and their ReLU (`Conv3x3`), shapes from
+//!   `models/tools/unet_common.py` (3×3, stride 1, padding 1), named
+//!   `conv3x3/<cin>-<cout>@<size>/<runtime>`; multiply–adds cin · cout · 9 · size²;
+//! - products with a constant matrix and their bias (`ConstProduct`), shapes from the
+//!   transformer graphs and the SAM-3D decoder, named `product/<einsum> <m>x<k>x<n>/<runtime>`;
+//!   multiply–adds m · k · n.
 //!
-//! Benchmarks are named `conv3x3/<cin>-<cout>@<size>/<runtime>`, runtime `tract` or
-//! `edgeseg`. The multiply–adds of a layer are cin · cout · 9 · size²: GFLOP/s = 2 · that /
-//! time. On CPUs without AVX2 and FMA nothing is swapped and only the `tract` benchmarks run.
+//! Runtime is `tract` or `edgeseg`; GFLOP/s = 2 · multiply–adds / time. On CPUs without AVX2
+//! and FMA nothing is swapped and only the `tract` benchmarks run.
 //!
-//! `cargo bench --bench conv` (about a minute), or a filter: `cargo bench --bench conv -- 128-64`.
+//! `cargo bench --bench conv` (about two minutes), or a filter: `cargo bench --bench conv -- 128-64`.
 
 use std::time::Duration;
 
@@ -15,7 +18,8 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use tract_core::internal::*;
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
-use tract_core::ops::math::Max;
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::math::{Add, Max};
 use tract_core::ops::nn::DataFormat;
 
 /// The 3×3 layers (input channels, output channels, height = width) of the U-Nets.
@@ -26,6 +30,20 @@ const CONV3X3: [(usize, usize, usize); 6] = [
     (64, 64, 32),
     (128, 64, 32),
     (96, 96, 16),
+];
+
+/// Products (einsum, m, k, n; `a` has length 1) with a bias along n where `bias`: the
+/// transformers' linear layers (CLIPSeg, SAM, SAM-3D) and the SAM-3D decoder's per-voxel head.
+const PRODUCTS: [(&str, usize, usize, usize, bool); 9] = [
+    ("akm,kn->mn", 65, 64, 64, true),
+    ("amk,kn->mn", 65, 64, 64, true),
+    ("akm,kn->mn", 216, 96, 96, true),
+    ("akm,kn->mn", 1728, 64, 32, true),
+    ("mk,kn->mn", 1024, 32, 128, true),
+    ("mk,kn->mn", 256, 384, 96, true),
+    ("k,nk->n", 1, 64, 64, true),
+    ("akm,kn->mn", 13824, 16, 24, false),
+    ("m,n->mn", 13824, 1, 24, false),
 ];
 
 /// Values in −1..1 that do not repeat with any small period.
@@ -95,5 +113,85 @@ fn conv(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, conv);
+/// The plan of one product and its bias: tract's, or with edgeseg's product swapped in.
+fn product_plan(
+    expr: &str,
+    m: usize,
+    k: usize,
+    n: usize,
+    bias: bool,
+    swap: bool,
+) -> Option<Arc<TypedSimplePlan>> {
+    let axes: AxesMapping = expr.parse().unwrap();
+    let len = |c: char| match c {
+        'm' => m,
+        'k' => k,
+        'n' => n,
+        _ => 1,
+    };
+    let shape = |letters: &str| letters.chars().map(len).collect::<TVec<usize>>();
+    let (inputs, output) = expr.split_once("->").unwrap();
+    let (a, b) = inputs.split_once(',').unwrap();
+    let mut model = TypedModel::default();
+    let x = model.add_source("x", f32::fact(shape(a))).unwrap();
+    let (b_shape, out_shape) = (shape(b), shape(output));
+    let w = tensor1(&values(b_shape.iter().product()))
+        .into_shape(&b_shape)
+        .unwrap();
+    let w = model.add_const("w", w).unwrap();
+    let mut y = model
+        .wire_node("product", EinSum::new(axes, f32::datum_type()), &[x, w])
+        .unwrap();
+    if bias {
+        let along_n: TVec<usize> = out_shape
+            .iter()
+            .zip(output.chars())
+            .map(|(&d, c)| if c == 'n' { d } else { 1 })
+            .collect();
+        let b = tensor1(&values(n)).into_shape(&along_n).unwrap();
+        let b = model.add_const("b", b).unwrap();
+        y = model
+            .wire_node("bias", TypedBinOp(Box::new(Add), None), &[y[0], b])
+            .unwrap();
+    }
+    model.select_output_outlets(&y).unwrap();
+    if swap && edgeseg::model::conv::replace(&mut model).unwrap() == 0 {
+        return None;
+    }
+    Some(model.into_optimized().unwrap().into_runnable().unwrap())
+}
+
+fn product(c: &mut Criterion) {
+    let mut group = c.benchmark_group("product");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sampling_mode(SamplingMode::Flat);
+    for (expr, m, k, n, bias) in PRODUCTS {
+        let a = expr.split(',').next().unwrap();
+        let a_shape: TVec<usize> = a
+            .chars()
+            .map(|c| match c {
+                'm' => m,
+                'k' => k,
+                _ => 1,
+            })
+            .collect();
+        let input = tensor1(&values(m * k))
+            .into_shape(&a_shape)
+            .unwrap()
+            .into_tvalue();
+        for (runtime, swap) in [("tract", false), ("edgeseg", true)] {
+            let Some(plan) = product_plan(expr, m, k, n, bias, swap) else {
+                continue;
+            };
+            let name = format!("product/{expr} {m}x{k}x{n}/{runtime}");
+            group.bench_function(name, |b| b.iter(|| plan.run(tvec!(input.clone())).unwrap()));
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, conv, product);
 criterion_main!(benches);

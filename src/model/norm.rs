@@ -17,11 +17,11 @@
 //! onnxruntime's `LayerNormalization` does, so results agree within float rounding.
 
 use tract_core::internal::*;
-use tract_core::ops::binary::{BinMiniOp, TypedBinOp};
+use tract_core::ops::binary::BinMiniOp;
 use tract_core::ops::math::{Add, Mul, Sub};
 use tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
 
-use super::rewrite::{only_reader, same_bits};
+use super::rewrite::{along_axis, bin_op, constant_operand, only_reader, same_bits};
 
 /// Lanes of the vectorised loops.
 const LANES: usize = 8;
@@ -177,48 +177,6 @@ fn rows(x: &[f32], y: &mut [f32], mean: &mut [f32], r: &mut [f32], norm: &LayerN
     }
 }
 
-/// The binary operator of `node` when it is a `B`.
-fn bin_op<B: BinMiniOp>(node: &TypedNode) -> bool {
-    node.op_as::<TypedBinOp>().is_some_and(|op| op.0.is::<B>())
-}
-
-/// The constant input of a binary `node` and its other input, when exactly one is constant.
-fn constant_operand(
-    model: &TypedModel,
-    node: &TypedNode,
-) -> TractResult<Option<(Arc<Tensor>, OutletId)>> {
-    let [a, b] = node.inputs[..] else {
-        return Ok(None);
-    };
-    let (ka, kb) = (&model.outlet_fact(a)?.konst, &model.outlet_fact(b)?.konst);
-    Ok(match (ka, kb) {
-        (Some(k), None) => Some((k.clone(), b)),
-        (None, Some(k)) => Some((k.clone(), a)),
-        _ => None,
-    })
-}
-
-/// The `n` values along `axis` of a rank-`rank` tensor that `konst` (f32, of the same rank, as
-/// tract's binary operators take them) broadcasts to, when it is constant along every other
-/// axis.
-fn along_axis(konst: &Tensor, rank: usize, axis: usize, n: usize) -> Option<Arc<[f32]>> {
-    let shape = konst.shape();
-    let per_axis = shape.len() == rank
-        && shape
-            .iter()
-            .enumerate()
-            .all(|(i, &d)| d == 1 || (i == axis && d == n));
-    if konst.datum_type() != f32::datum_type() || !per_axis {
-        return None;
-    }
-    let values = konst.try_as_plain_ram().ok()?;
-    let values = values.as_slice::<f32>().ok()?;
-    Some(match values {
-        [one] => vec![*one; n].into(),
-        _ => values.into(),
-    })
-}
-
 /// The only reader of `node` (its id) when it is a `B` of `node` and a constant along `axis`
 /// (of `n` values, in a rank-`rank` tensor), with that constant's values.
 fn per_axis<B: BinMiniOp>(
@@ -322,6 +280,7 @@ pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tract_core::ops::binary::TypedBinOp;
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)

@@ -1,8 +1,10 @@
 //! What the operator swaps share: replacing nodes of a tract graph one for one, finding the
-//! only reader of a node's output, and comparing operator parameters bit for bit (tract's
-//! operators must be `Eq`, which f32 parameters are not by themselves).
+//! only reader of a node's output, comparing operator parameters bit for bit (tract's
+//! operators must be `Eq`, which f32 parameters are not by themselves), and reading the
+//! constant operand of a binary operator.
 
 use tract_core::internal::*;
+use tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 
 /// Replaces each node of `model` for which `swap` gives an operator with that operator, on the
 /// same inputs; returns how many were replaced. This is how `softmax`, `quantize` and `pool`
@@ -41,4 +43,46 @@ pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.iter()
         .map(|v| v.to_bits())
         .eq(b.iter().map(|v| v.to_bits()))
+}
+
+/// The binary operator of `node` when it is a `B`.
+pub fn bin_op<B: BinMiniOp>(node: &TypedNode) -> bool {
+    node.op_as::<TypedBinOp>().is_some_and(|op| op.0.is::<B>())
+}
+
+/// The constant input of a binary `node` and its other input, when exactly one is constant.
+pub fn constant_operand(
+    model: &TypedModel,
+    node: &TypedNode,
+) -> TractResult<Option<(Arc<Tensor>, OutletId)>> {
+    let [a, b] = node.inputs[..] else {
+        return Ok(None);
+    };
+    let (ka, kb) = (&model.outlet_fact(a)?.konst, &model.outlet_fact(b)?.konst);
+    Ok(match (ka, kb) {
+        (Some(k), None) => Some((k.clone(), b)),
+        (None, Some(k)) => Some((k.clone(), a)),
+        _ => None,
+    })
+}
+
+/// The `n` values along `axis` of a rank-`rank` tensor that `konst` (f32, of the same rank, as
+/// tract's binary operators take them) broadcasts to, when it is constant along every other
+/// axis.
+pub fn along_axis(konst: &Tensor, rank: usize, axis: usize, n: usize) -> Option<Arc<[f32]>> {
+    let shape = konst.shape();
+    let per_axis = shape.len() == rank
+        && shape
+            .iter()
+            .enumerate()
+            .all(|(i, &d)| d == 1 || (i == axis && d == n));
+    if konst.datum_type() != f32::datum_type() || !per_axis {
+        return None;
+    }
+    let values = konst.try_as_plain_ram().ok()?;
+    let values = values.as_slice::<f32>().ok()?;
+    Some(match values {
+        [one] => vec![*one; n].into(),
+        _ => values.into(),
+    })
 }

@@ -6,7 +6,6 @@
 //! is then cut into blocks ([`kernel::blocks`]) that [`kernel::sum`] sums over the 9 taps and
 //! every input channel, and bias and ReLU are applied in registers before the one store.
 
-use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use tract_core::internal::*;
@@ -16,7 +15,7 @@ use tract_core::ops::cnn::conv::{Conv, KernelFormat};
 use tract_core::ops::math::Max;
 use tract_core::ops::nn::DataFormat;
 
-use super::kernel::{self, Output, Sums, CO, LANES};
+use super::kernel::{self, Output, CO, LANES};
 use crate::model::pool::square_windows;
 use crate::model::rewrite::{only_reader, same_bits};
 
@@ -174,7 +173,7 @@ impl Conv3x3 {
                                 let sums =
                                     kernel::sum(n, input, step, &taps, self.cin, weights, bias);
                                 let out = output.ptr().add((tile * CO * h + y) * w + x);
-                                store(sums, n, self.relu, out, h * w, channels, valid);
+                                kernel::store(sums, n, self.relu, out, h * w, channels, valid);
                             }
                         }
                     }
@@ -182,41 +181,6 @@ impl Conv3x3 {
             });
         });
         Ok(())
-    }
-}
-
-/// Stores the first `n` vectors of the first `channels` of `sums` (after a ReLU if `relu`), of
-/// which the first `valid` values, at `out` and on, one plane of `plane` values per channel.
-///
-/// # Safety
-/// AVX2 is available; `out` is writable for `valid` values in each of `channels` planes.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn store(
-    mut sums: Sums,
-    n: usize,
-    relu: bool,
-    out: *mut f32,
-    plane: usize,
-    channels: usize,
-    valid: usize,
-) {
-    if relu {
-        let zero = _mm256_setzero_ps();
-        for a in sums.iter_mut().flatten() {
-            *a = _mm256_max_ps(*a, zero);
-        }
-    }
-    for (c, lane) in sums.iter().enumerate().take(channels) {
-        let dst = out.add(c * plane);
-        let mut tmp = [0f32; 3 * LANES];
-        let whole = valid == n * LANES;
-        for (v, a) in lane.iter().take(n).enumerate() {
-            let at = if whole { dst } else { tmp.as_mut_ptr() };
-            _mm256_storeu_ps(at.add(v * LANES), *a);
-        }
-        if !whole {
-            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, valid);
-        }
     }
 }
 

@@ -176,6 +176,41 @@ pub unsafe fn sum(
     }
 }
 
+/// Stores the first `n` vectors of the first `channels` of `sums` (after a ReLU if `relu`), of
+/// which the first `valid` values, at `out` and on, one plane of `plane` values per channel.
+///
+/// # Safety
+/// AVX2 is available; `out` is writable for `valid` values in each of `channels` planes.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn store(
+    mut sums: Sums,
+    n: usize,
+    relu: bool,
+    out: *mut f32,
+    plane: usize,
+    channels: usize,
+    valid: usize,
+) {
+    if relu {
+        let zero = _mm256_setzero_ps();
+        for a in sums.iter_mut().flatten() {
+            *a = _mm256_max_ps(*a, zero);
+        }
+    }
+    for (c, lane) in sums.iter().enumerate().take(channels) {
+        let dst = out.add(c * plane);
+        let mut tmp = [0f32; 3 * LANES];
+        let whole = valid == n * LANES;
+        for (v, a) in lane.iter().take(n).enumerate() {
+            let at = if whole { dst } else { tmp.as_mut_ptr() };
+            _mm256_storeu_ps(at.add(v * LANES), *a);
+        }
+        if !whole {
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, valid);
+        }
+    }
+}
+
 /// The blocks a row of `vectors` vectors is cut into, as (first vector, vectors): blocks of 3,
 /// and 4 left as 2 + 2 rather than 3 + 1 (a block of 1 has too few accumulators to keep the
 /// FMA units busy).

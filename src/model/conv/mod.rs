@@ -20,15 +20,17 @@
 pub mod direct;
 #[cfg(target_arch = "x86_64")]
 pub mod kernel;
+#[cfg(target_arch = "x86_64")]
+pub mod product;
 
 use tract_core::internal::*;
 
-/// Replaces every eligible convolution of `model` (a decluttered model); returns how many were
-/// replaced. Where the CPU lacks AVX2 and FMA, nothing is replaced.
+/// Replaces every eligible convolution and product of `model` (a decluttered model); returns
+/// how many were replaced. Where the CPU lacks AVX2 and FMA, nothing is replaced.
 pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
     #[cfg(target_arch = "x86_64")]
     if kernel::available() {
-        return direct::replace(model);
+        return Ok(direct::replace(model)? + product::replace(model)?);
     }
     let _ = model;
     Ok(0)

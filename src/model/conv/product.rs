@@ -1,0 +1,489 @@
+//! Products of a tensor with a constant matrix (`EinSum`s such as `akm,kn->mn`: the linear
+//! layers of the transformers, the SAM-3D decoder's per-voxel heads), on the convolution's
+//! micro-kernel, swapped into decluttered graphs for tract's matrix product.
+//!
+//! The shapes here are small or thin: 65 × 64 by 64 × 64 in the CLIPSeg image graph, 13 824 ×
+//! 16 by 16 × 24 and outer products (13 824 × 1 by 1 × 24) in the SAM-3D decoder. tract runs
+//! them at 17–40 GFLOP/s, and the outer products at 0.5, paying its packing and per-tile work
+//! on every call (operator profile, 1 thread, x86-64). Here the constant is laid out once, as
+//! rows of whole vectors; each tile of 4 rows of the other operand is gathered into the
+//! kernel's weight layout (4 values per summed index), and [`kernel::sum`] computes 4 output
+//! rows × up to 3 vectors of the constant's columns in registers, with the bias of an `Add`
+//! that alone reads the product added before the one store.
+//!
+//! Only f32 products whose second input is a constant, with one axis of each operand kept in
+//! the output (other than axes of size 1), the summed axes adjacent in the first input, the
+//! output laid out as `[rows][columns]`, and a size where this is the faster ([`MAX_FMAS`]),
+//! are replaced; every other `EinSum` keeps tract's operator. Summation order differs from tract's and onnxruntime's, so results agree within
+//! float rounding.
+
+use std::arch::x86_64::*;
+
+use tract_core::internal::*;
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::math::Add;
+
+use super::kernel::{self, Output, CO, LANES};
+use crate::model::rewrite::{along_axis, bin_op, constant_operand, only_reader, same_bits};
+
+/// The products taken: those of up to this many multiply–adds, and any with a summed length
+/// of up to [`SHORT_K`]. On larger products with longer sums tract's kernel, which packs the
+/// first operand once and keeps a 16 × 6 tile, is faster than gathering each tile of 4 rows
+/// here (`cargo bench --bench conv -- product`: 216 × 96 × 96 at 0.83× tract's speed,
+/// 1728 × 64 × 32 at 0.58×, 256 × 384 × 96 at 0.71×; 65 × 64 × 64 at 1.4×, 1024 × 32 × 128 at
+/// 1.4×, 13 824 × 16 × 24 at 1.9×).
+const MAX_FMAS: usize = 1 << 20;
+/// See [`MAX_FMAS`].
+const SHORT_K: usize = 32;
+
+/// `output[i][j] = Σ_k a(i, k) · b[k][j] + bias[j]`, `a` read with strides from the first
+/// input, `b` a constant.
+#[derive(Debug, Clone)]
+pub struct ConstProduct {
+    /// Rows, summed length, columns.
+    m: usize,
+    k: usize,
+    n: usize,
+    /// Strides of the first input's row and summed indices, in values (0 when absent).
+    a_m: usize,
+    a_k: usize,
+    /// `[k][columns rounded up to whole vectors]`, zero past `n`.
+    b: Arc<[f32]>,
+    /// One value per column, rounded up like `b`'s rows; zero without a bias.
+    bias: Arc<[f32]>,
+    input_shape: TVec<usize>,
+    output_shape: TVec<usize>,
+}
+
+/// Equal when they compute the same: the same geometry and bits of every parameter.
+impl PartialEq for ConstProduct {
+    fn eq(&self, other: &ConstProduct) -> bool {
+        (self.m, self.k, self.n, self.a_m, self.a_k)
+            == (other.m, other.k, other.n, other.a_m, other.a_k)
+            && self.input_shape == other.input_shape
+            && self.output_shape == other.output_shape
+            && same_bits(&self.b, &other.b)
+            && same_bits(&self.bias, &other.bias)
+    }
+}
+
+impl Eq for ConstProduct {}
+
+impl ConstProduct {
+    /// The product of `input` (`input_shape`) into `output` (`m × n` values), in bands of row
+    /// tiles over the calling thread's tract executor.
+    fn run(&self, input: &[f32], output: &mut [f32]) -> TractResult<()> {
+        ensure!(kernel::available(), "ConstProduct needs AVX2 and FMA");
+        ensure!(output.len() == self.m * self.n && self.k > 0);
+        let last = (self.m.max(1) - 1) * self.a_m + (self.k - 1) * self.a_k;
+        ensure!(last < input.len(), "an input of {} values", input.len());
+        let output = Output(output.as_mut_ptr());
+        // SAFETY: the features were checked above; every read index is at most `last`, and
+        // the output has m·n values, of which each band writes its own rows.
+        kernel::in_bands(self.m.div_ceil(CO), |from, to| unsafe {
+            self.tiles(input, &output, from, to)
+        });
+        Ok(())
+    }
+
+    /// Row tiles `from..to` of the product.
+    ///
+    /// # Safety
+    /// AVX2 and FMA are available; `input` holds every value the strides reach; `output` has
+    /// m·n values, and rows `from·CO..to·CO` are written by this call alone.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tiles(&self, input: &[f32], output: &Output, from: usize, to: usize) {
+        let vectors = self.n.div_ceil(LANES);
+        let step = vectors * LANES * 4;
+        let mut tile_a = vec![0f32; self.k * CO];
+        for tile in from..to {
+            let rows = (self.m - tile * CO).min(CO);
+            let first = &input[tile * CO * self.a_m..];
+            for (k, lanes) in tile_a.chunks_exact_mut(CO).enumerate() {
+                for (r, lane) in lanes.iter_mut().enumerate().take(rows) {
+                    *lane = first[r * self.a_m + k * self.a_k];
+                }
+            }
+            for (v, n) in kernel::blocks(vectors) {
+                let column = v * LANES;
+                let valid = (self.n - column).min(n * LANES);
+                // `b` has k rows of `vectors` whole vectors: n·8 values from `column` in each.
+                let b = self.b[column..].as_ptr();
+                let mut sums = kernel::sum(n, b, step, &[0], self.k, &tile_a, &[0.0; CO]);
+                for lane in &mut sums {
+                    for (j, s) in lane.iter_mut().take(n).enumerate() {
+                        let bias = _mm256_loadu_ps(self.bias[column + j * LANES..].as_ptr());
+                        *s = _mm256_add_ps(*s, bias);
+                    }
+                }
+                let out = output.ptr().add(tile * CO * self.n + column);
+                kernel::store(sums, n, false, out, self.n, rows, valid);
+            }
+        }
+    }
+}
+
+impl Op for ConstProduct {
+    fn name(&self) -> StaticName {
+        "ConstProduct".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{}×{} by {}×{}",
+            self.m, self.k, self.k, self.n
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for ConstProduct {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        ensure!(
+            input.shape() == &*self.input_shape,
+            "ConstProduct expects {:?}, got {:?}",
+            self.input_shape,
+            input.shape()
+        );
+        // SAFETY: `run` writes every value of the output.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
+        if output.len() > 0 {
+            let input = input.try_as_plain_ram()?;
+            let mut out = output.try_as_plain_ram_mut()?;
+            self.run(input.as_slice::<f32>()?, out.as_slice_mut::<f32>()?)?;
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for ConstProduct {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].shape.as_concrete() == Some(&*self.input_shape));
+        Ok(tvec!(f32::fact(&*self.output_shape)))
+    }
+
+    fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let fmas = self.m * self.k * self.n;
+        Ok(tvec!((Cost::FMA(f32::datum_type()), fmas.to_dim())))
+    }
+
+    as_op!();
+}
+
+/// Row-major strides of `shape`, in values.
+fn strides(shape: &[usize]) -> TVec<usize> {
+    let mut strides: TVec<usize> = tvec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    strides
+}
+
+/// An axis of a product: its position in the first input, the second input and the output,
+/// and its length.
+type Place = (Option<usize>, Option<usize>, Option<usize>, usize);
+
+/// The operator for `node` if it is an eligible product, and the outlet it replaces (the
+/// product's, or that of the bias `Add` that alone reads it).
+fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(ConstProduct, OutletId)>> {
+    let Some(op) = node.op_as::<EinSum>() else {
+        return Ok(None);
+    };
+    let [a, b] = node.inputs[..] else {
+        return Ok(None);
+    };
+    let (a, b) = (model.outlet_fact(a)?, model.outlet_fact(b)?);
+    let out = model.outlet_fact(node.id.into())?;
+    let f32_only = [a, b, out]
+        .iter()
+        .all(|f| f.datum_type == f32::datum_type());
+    let (Some(konst), Some(a_shape), Some(out_shape)) =
+        (&b.konst, a.shape.as_concrete(), out.shape.as_concrete())
+    else {
+        return Ok(None);
+    };
+    if op.q_params.is_some() || op.operating_dt != f32::datum_type() || !f32_only {
+        return Ok(None);
+    }
+    let b_shape = konst.shape();
+    // Each axis: kept from the first input (rows), kept from the second (columns), or summed.
+    let (mut rows, mut columns, mut summed) = (None::<Place>, None::<Place>, Vec::<Place>::new());
+    for axis in op.axes.iter_all_axes() {
+        let one = |at: &TVec<usize>| (at.len() <= 1).then(|| at.first().copied());
+        let (Some(pa), Some(pb), Some(po)) = (
+            one(&axis.inputs[0]),
+            one(&axis.inputs[1]),
+            one(&axis.outputs[0]),
+        ) else {
+            return Ok(None);
+        };
+        let len = pa
+            .map(|p| a_shape[p])
+            .or(pb.map(|p| b_shape[p]))
+            .or(po.map(|p| out_shape[p]));
+        let place = (pa, pb, po, len.unwrap_or(1));
+        match (pa, pb, po) {
+            _ if place.3 == 1 => {}
+            (Some(_), None, Some(_)) if rows.is_none() => rows = Some(place),
+            (None, Some(_), Some(_)) if columns.is_none() => columns = Some(place),
+            (Some(_), Some(_), None) => summed.push(place),
+            _ => return Ok(None),
+        }
+    }
+    // The output is [rows][columns]; the summed axes are one run of the first input.
+    if let (Some((_, _, Some(r), _)), Some((_, _, Some(c), _))) = (rows, columns) {
+        if r > c {
+            return Ok(None);
+        }
+    }
+    summed.sort_by_key(|s| s.0);
+    let a_strides = strides(a_shape);
+    let adjacent = summed
+        .windows(2)
+        .all(|w| a_strides[w[0].0.unwrap_or(0)] == w[1].3 * a_strides[w[1].0.unwrap_or(0)]);
+    if !adjacent {
+        return Ok(None);
+    }
+    let stride_in_a = |place: Option<Place>| place.and_then(|p| p.0).map_or(0, |p| a_strides[p]);
+    let (m, n) = (rows.map_or(1, |r| r.3), columns.map_or(1, |c| c.3));
+    let k: usize = summed.iter().map(|s| s.3).product();
+    if k > SHORT_K && m * k * n > MAX_FMAS {
+        return Ok(None);
+    }
+    let konst = konst.try_as_plain_ram()?;
+    let values = konst.as_slice::<f32>()?;
+    let b_strides = strides(b_shape);
+    let width = n.div_ceil(LANES) * LANES;
+    let mut b = vec![0f32; k * width];
+    let column_stride = columns.and_then(|c| c.1).map_or(0, |p| b_strides[p]);
+    for (kk, row) in b.chunks_exact_mut(width).enumerate() {
+        // kk's index along each summed axis, the last the fastest.
+        let mut rest = kk;
+        let mut at = 0;
+        for s in summed.iter().rev() {
+            at += (rest % s.3) * s.1.map_or(0, |p| b_strides[p]);
+            rest /= s.3;
+        }
+        for (j, value) in row.iter_mut().take(n).enumerate() {
+            *value = values[at + j * column_stride];
+        }
+    }
+    let mut product = ConstProduct {
+        m,
+        k,
+        n,
+        a_m: stride_in_a(rows),
+        a_k: stride_in_a(summed.last().copied()),
+        b: b.into(),
+        bias: vec![0f32; width].into(),
+        input_shape: a_shape.into(),
+        output_shape: out_shape.into(),
+    };
+    // A bias along the columns added to the product alone.
+    let mut output = OutletId::from(node.id);
+    if let (Some((_, _, Some(c), _)), Some(next)) = (columns, only_reader(model, node)?) {
+        let bias = constant_operand(model, next)?
+            .filter(|_| bin_op::<Add>(next))
+            .and_then(|(konst, _)| along_axis(&konst, out_shape.len(), c, n));
+        let same_shape = model.outlet_fact(next.id.into())?.shape == out.shape;
+        if let Some(bias) = bias.filter(|_| same_shape) {
+            let mut padded = vec![0f32; width];
+            padded[..n].copy_from_slice(&bias);
+            product.bias = padded.into();
+            output = next.id.into();
+        }
+    }
+    Ok(Some((product, output)))
+}
+
+/// Replaces every eligible product of `model` with [`ConstProduct`]; returns how many.
+pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some((op, output)) = eligible(model, node)? else {
+            continue;
+        };
+        let mut patch = TypedModelPatch::default();
+        let tap = patch.tap_model(model, node.inputs[0])?;
+        let wire = patch.wire_node(&node.name, op, &[tap])?;
+        patch.shunt_outside(model, output, wire[0])?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    if replaced > 0 {
+        model.compact()?;
+    }
+    Ok(replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_core::ops::binary::TypedBinOp;
+    use tract_linalg::multithread::Executor;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 101) % 2003) as f32 / 1001.5 - 1.0)
+            .collect()
+    }
+
+    /// One `expr` product of a source by a constant, lengths by letter (1 for others), with a
+    /// bias along `n` if `bias`; the second input a source too unless `constant`.
+    fn graph(expr: &str, len: impl Fn(char) -> usize, bias: bool, constant: bool) -> TypedModel {
+        let shape = |letters: &str| letters.chars().map(&len).collect::<TVec<usize>>();
+        let (inputs, output) = expr.split_once("->").unwrap();
+        let (a, b) = inputs.split_once(',').unwrap();
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact(shape(a))).unwrap();
+        let b_shape = shape(b);
+        let w = if constant {
+            let w = tensor1(&values(b_shape.iter().product(), 1));
+            model
+                .add_const("w", w.into_shape(&b_shape).unwrap())
+                .unwrap()
+        } else {
+            model.add_source("w", f32::fact(b_shape)).unwrap()
+        };
+        let op = EinSum::new(expr.parse().unwrap(), f32::datum_type());
+        let mut y = model.wire_node("product", op, &[x, w]).unwrap();
+        if bias {
+            let along_n: TVec<usize> = output
+                .chars()
+                .map(|c| if c == 'n' { len(c) } else { 1 })
+                .collect();
+            let b = tensor1(&values(len('n'), 2)).into_shape(&along_n).unwrap();
+            let b = model.add_const("b", b).unwrap();
+            let add = TypedBinOp(Box::new(Add), None);
+            y = model.wire_node("bias", add, &[y[0], b]).unwrap();
+        }
+        model.select_output_outlets(&y).unwrap();
+        model
+    }
+
+    fn run(model: TypedModel, x: &Tensor, executor: Option<Executor>) -> Vec<f32> {
+        let options = RunOptions {
+            executor,
+            ..RunOptions::default()
+        };
+        let plan = model.into_runnable_with_options(&options).unwrap();
+        let out = plan.run(tvec![x.clone().into()]).unwrap();
+        out[0]
+            .try_as_plain_ram()
+            .unwrap()
+            .as_slice::<f32>()
+            .unwrap()
+            .to_vec()
+    }
+
+    fn ops(model: &TypedModel) -> Vec<String> {
+        let order = model.eval_order().unwrap();
+        order
+            .into_iter()
+            .map(|id| model.node(id).op().name().to_string())
+            .collect()
+    }
+
+    fn input(model: &TypedModel) -> Tensor {
+        let shape = model
+            .input_fact(0)
+            .unwrap()
+            .shape
+            .as_concrete()
+            .unwrap()
+            .to_vec();
+        tensor1(&values(shape.iter().product(), 3))
+            .into_shape(&shape)
+            .unwrap()
+    }
+
+    #[test]
+    fn every_form_matches_tract_s_product() {
+        if !kernel::available() {
+            return;
+        }
+        // Rows that fill no tile, one, and part of the last; columns of part of a vector, and
+        // of 3 + 2 vectors and a part; summed lengths of 1 and over two axes.
+        let lens = |m, k, n| {
+            move |c| match c {
+                'm' => m,
+                'k' => k,
+                'n' => n,
+                'b' => 3,
+                _ => 1,
+            }
+        };
+        for (expr, m, k, n) in [
+            ("akm,kn->mn", 13, 5, 20),
+            ("amk,kn->amn", 4, 7, 41),
+            ("mk,kn->mn", 3, 16, 8),
+            ("mbk,bkn->amn", 9, 4, 17),
+            ("akm,n->mn", 10, 1, 24),
+            ("m,n->mn", 1, 1, 3),
+            ("k,nk->n", 1, 64, 33),
+        ] {
+            for bias in [false, true] {
+                let mut model = graph(expr, lens(m, k, n), bias, true);
+                let x = input(&model);
+                let want = run(model.clone(), &x, None);
+                assert_eq!(replace(&mut model).unwrap(), 1, "{expr}");
+                assert_eq!(
+                    ops(&model),
+                    ["Source", "ConstProduct"],
+                    "{expr} bias {bias}"
+                );
+                let got = run(model, &x, None);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "{expr} [{i}]: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bands_on_two_threads_give_the_same_bits_as_one_thread() {
+        if !kernel::available() {
+            return;
+        }
+        let lens = |c| match c {
+            'm' => 37,
+            'k' => 24,
+            'n' => 40,
+            _ => 1,
+        };
+        let mut model = graph("akm,kn->mn", lens, true, true);
+        assert_eq!(replace(&mut model).unwrap(), 1);
+        let x = input(&model);
+        let one = run(model.clone(), &x, None);
+        let two = run(model, &x, Some(Executor::multithread(2)));
+        assert!(same_bits(&one, &two));
+    }
+
+    #[test]
+    fn other_products_keep_tract_s_operator() {
+        let lens = |c| match c {
+            'm' => 256,
+            'k' => 384,
+            'n' => 96,
+            'b' => 2,
+            _ => 1,
+        };
+        for (expr, constant) in [
+            ("akm,n->anm", true),   // columns before rows
+            ("bmk,bkn->bmn", true), // an axis kept from both
+            ("mk,kn->mn", false),   // no constant
+            ("mk,kn->mn", true),    // large, with a long sum: tract's is faster
+        ] {
+            let mut model = graph(expr, lens, false, constant);
+            assert_eq!(replace(&mut model).unwrap(), 0, "{expr}");
+        }
+    }
+}
