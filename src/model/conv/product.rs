@@ -5,17 +5,22 @@
 //! The shapes here are small or thin: 65 × 64 by 64 × 64 in the CLIPSeg image graph, 13 824 ×
 //! 16 by 16 × 24 and outer products (13 824 × 1 by 1 × 24) in the SAM-3D decoder. tract runs
 //! them at 17–40 GFLOP/s, and the outer products at 0.5, paying its packing and per-tile work
-//! on every call (operator profile, 1 thread, x86-64). Here the constant is laid out once, as
-//! rows of whole vectors; each tile of 4 rows of the other operand is gathered into the
-//! kernel's weight layout (4 values per summed index), and [`kernel::sum`] computes 4 output
-//! rows × up to 3 vectors of the constant's columns in registers, with the bias of an `Add`
-//! that alone reads the product added before the one store.
+//! on every call (operator profile, 1 thread, x86-64). Here the constant is laid out once, in
+//! one of two ways:
+//! - where the first operand's rows are contiguous (`akm,kn->mn`, the common form after
+//!   tract's declutter), vectors run along them: [`kernel::sum`] reads 3 vectors of 8 rows in
+//!   place for each summed index and 4 of the constant's columns from its packed layout, as it
+//!   reads pixels and output channels in a convolution; the tile is transposed on its store;
+//! - otherwise vectors run along the constant's columns, and each tile of 4 rows of the first
+//!   operand is gathered into the kernel's weight layout.
+//!
+//! The bias of an `Add` that alone reads the product is added before the one store.
 //!
 //! Only f32 products whose second input is a constant, with one axis of each operand kept in
 //! the output (other than axes of size 1), the summed axes adjacent in the first input, the
-//! output laid out as `[rows][columns]`, and a size where this is the faster ([`MAX_FMAS`]),
-//! are replaced; every other `EinSum` keeps tract's operator. Summation order differs from tract's and onnxruntime's, so results agree within
-//! float rounding.
+//! output laid out as `[rows][columns]`, and, for gathered tiles, a size where they are the
+//! faster ([`MAX_FMAS`]), are replaced; every other `EinSum` keeps tract's operator. Summation
+//! order differs from tract's and onnxruntime's, so results agree within float rounding.
 
 use std::arch::x86_64::*;
 
@@ -26,12 +31,12 @@ use tract_core::ops::math::Add;
 use super::kernel::{self, Output, CO, LANES};
 use crate::model::rewrite::{along_axis, bin_op, constant_operand, only_reader, same_bits};
 
-/// The products taken: those of up to this many multiply–adds, and any with a summed length
-/// of up to [`SHORT_K`]. On larger products with longer sums tract's kernel, which packs the
-/// first operand once and keeps a 16 × 6 tile, is faster than gathering each tile of 4 rows
-/// here (`cargo bench --bench conv -- product`: 216 × 96 × 96 at 0.83× tract's speed,
-/// 1728 × 64 × 32 at 0.58×, 256 × 384 × 96 at 0.71×; 65 × 64 × 64 at 1.4×, 1024 × 32 × 128 at
-/// 1.4×, 13 824 × 16 × 24 at 1.9×).
+/// Where the first operand's rows are not contiguous, the products taken: those of up to this
+/// many multiply–adds, and any with a summed length of up to [`SHORT_K`]. On larger products
+/// with longer sums, gathering each tile of 4 rows costs more than tract's kernel, which packs
+/// the first operand once (`cargo bench --bench conv -- product`, gathered tiles:
+/// 256 × 384 × 96 at 0.71× tract's speed, 216 × 96 × 96 at 0.83×, 1728 × 64 × 32 at 0.58×;
+/// 65 × 64 × 64 at 1.4×, 1024 × 32 × 128 at 1.4×).
 const MAX_FMAS: usize = 1 << 20;
 /// See [`MAX_FMAS`].
 const SHORT_K: usize = 32;
@@ -47,9 +52,15 @@ pub struct ConstProduct {
     /// Strides of the first input's row and summed indices, in values (0 when absent).
     a_m: usize,
     a_k: usize,
-    /// `[k][columns rounded up to whole vectors]`, zero past `n`.
+    /// Whether vectors run along the rows (the first operand's rows are contiguous, `a_m` = 1,
+    /// and read in place; a tile holds 4 columns) or along the columns (a tile of 4 rows of the
+    /// first operand is gathered).
+    along_rows: bool,
+    /// The constant: along rows, [`kernel::pack`]ed as `[column tile][k][CO]`; along columns,
+    /// `[k][columns rounded up to whole vectors]`. Zero past `n`.
     b: Arc<[f32]>,
-    /// One value per column, rounded up like `b`'s rows; zero without a bias.
+    /// One value per column, rounded up to whole tiles (along rows) or vectors (along
+    /// columns); zero without a bias.
     bias: Arc<[f32]>,
     input_shape: TVec<usize>,
     output_shape: TVec<usize>,
@@ -58,8 +69,15 @@ pub struct ConstProduct {
 /// Equal when they compute the same: the same geometry and bits of every parameter.
 impl PartialEq for ConstProduct {
     fn eq(&self, other: &ConstProduct) -> bool {
-        (self.m, self.k, self.n, self.a_m, self.a_k)
-            == (other.m, other.k, other.n, other.a_m, other.a_k)
+        (self.m, self.k, self.n, self.a_m, self.a_k, self.along_rows)
+            == (
+                other.m,
+                other.k,
+                other.n,
+                other.a_m,
+                other.a_k,
+                other.along_rows,
+            )
             && self.input_shape == other.input_shape
             && self.output_shape == other.output_shape
             && same_bits(&self.b, &other.b)
@@ -80,10 +98,50 @@ impl ConstProduct {
         let output = Output(output.as_mut_ptr());
         // SAFETY: the features were checked above; every read index is at most `last`, and
         // the output has m·n values, of which each band writes its own rows.
-        kernel::in_bands(self.m.div_ceil(CO), |from, to| unsafe {
-            self.tiles(input, &output, from, to)
-        });
+        if self.along_rows {
+            let blocks: Vec<_> = kernel::blocks(self.m.div_ceil(LANES)).collect();
+            kernel::in_bands(blocks.len(), |from, to| unsafe {
+                self.row_blocks(input, &output, &blocks[from..to])
+            });
+        } else {
+            kernel::in_bands(self.m.div_ceil(CO), |from, to| unsafe {
+                self.tiles(input, &output, from, to)
+            });
+        }
         Ok(())
+    }
+
+    /// Row `blocks` (first vector, vectors) of the product, vectors along the rows.
+    ///
+    /// # Safety
+    /// AVX2 and FMA are available; `input` holds every value the strides reach, and `a_m` is
+    /// 1; `output` has m·n values, and the rows of `blocks` are written by this call alone.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn row_blocks(&self, input: &[f32], output: &Output, blocks: &[(usize, usize)]) {
+        let mut tail = Vec::new();
+        for &(v, n) in blocks {
+            let first = v * LANES;
+            let valid = (self.m - first).min(n * LANES);
+            // n·8 values from `first` in each of the k rows: in place, or for the last block a
+            // zero-padded copy.
+            let (a, step) = if valid == n * LANES {
+                (input[first..].as_ptr(), self.a_k * 4)
+            } else {
+                tail.resize(self.k * n * LANES, 0.0);
+                for (k, row) in tail.chunks_exact_mut(n * LANES).enumerate() {
+                    row[..valid].copy_from_slice(&input[first + k * self.a_k..][..valid]);
+                }
+                (tail.as_ptr(), n * LANES * 4)
+            };
+            for tile in 0..self.n.div_ceil(CO) {
+                let weights = &self.b[tile * self.k * CO..][..self.k * CO];
+                let bias = &self.bias[tile * CO..][..CO];
+                let sums = kernel::sum(n, a, step, &[0], self.k, weights, bias);
+                let columns = (self.n - tile * CO).min(CO);
+                let out = output.ptr().add(first * self.n + tile * CO);
+                store_transposed(&sums, n, out, self.n, columns, valid);
+            }
+        }
     }
 
     /// Row tiles `from..to` of the product.
@@ -118,6 +176,49 @@ impl ConstProduct {
                 }
                 let out = output.ptr().add(tile * CO * self.n + column);
                 kernel::store(sums, n, false, out, self.n, rows, valid);
+            }
+        }
+    }
+}
+
+/// Stores the first `n` vectors of `sums`, which hold [`CO`] columns × 8 rows each, as rows:
+/// of each of the first `valid` rows from `out` on, `row` values apart, the first `columns`.
+///
+/// # Safety
+/// AVX2 is available; `out` is writable for `columns` values in each of `valid` rows.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_transposed(
+    sums: &kernel::Sums,
+    n: usize,
+    out: *mut f32,
+    row: usize,
+    columns: usize,
+    valid: usize,
+) {
+    for v in 0..n {
+        let [c0, c1, c2, c3] = [sums[0][v], sums[1][v], sums[2][v], sums[3][v]];
+        let (t0, t1) = (_mm256_unpacklo_ps(c0, c1), _mm256_unpackhi_ps(c0, c1));
+        let (t2, t3) = (_mm256_unpacklo_ps(c2, c3), _mm256_unpackhi_ps(c2, c3));
+        // Row i of the vector in the low half of rows[i], row 4 + i in the high half.
+        let rows = [
+            _mm256_shuffle_ps::<0x44>(t0, t2),
+            _mm256_shuffle_ps::<0xEE>(t0, t2),
+            _mm256_shuffle_ps::<0x44>(t1, t3),
+            _mm256_shuffle_ps::<0xEE>(t1, t3),
+        ];
+        for r in 0..LANES.min(valid.saturating_sub(v * LANES)) {
+            let x = if r < 4 {
+                _mm256_castps256_ps128(rows[r])
+            } else {
+                _mm256_extractf128_ps::<1>(rows[r - 4])
+            };
+            let dst = out.add((v * LANES + r) * row);
+            if columns == CO {
+                _mm_storeu_ps(dst, x);
+            } else {
+                let mut tmp = [0f32; CO];
+                _mm_storeu_ps(tmp.as_mut_ptr(), x);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, columns);
             }
         }
     }
@@ -211,7 +312,8 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(ConstPr
     }
     let b_shape = konst.shape();
     // Each axis: kept from the first input (rows), kept from the second (columns), or summed.
-    let (mut rows, mut columns, mut summed) = (None::<Place>, None::<Place>, Vec::<Place>::new());
+    let (mut rows, mut columns, mut summed) =
+        (Vec::<Place>::new(), None::<Place>, Vec::<Place>::new());
     for axis in op.axes.iter_all_axes() {
         let one = |at: &TVec<usize>| (at.len() <= 1).then(|| at.first().copied());
         let (Some(pa), Some(pb), Some(po)) = (
@@ -228,58 +330,89 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(ConstPr
         let place = (pa, pb, po, len.unwrap_or(1));
         match (pa, pb, po) {
             _ if place.3 == 1 => {}
-            (Some(_), None, Some(_)) if rows.is_none() => rows = Some(place),
+            (Some(_), None, Some(_)) => rows.push(place),
             (None, Some(_), Some(_)) if columns.is_none() => columns = Some(place),
             (Some(_), Some(_), None) => summed.push(place),
             _ => return Ok(None),
         }
     }
-    // The output is [rows][columns]; the summed axes are one run of the first input.
-    if let (Some((_, _, Some(r), _)), Some((_, _, Some(c), _))) = (rows, columns) {
-        if r > c {
-            return Ok(None);
-        }
-    }
+    // The row axes and the summed axes are each one run of the first input; the output is
+    // [rows][columns], the row axes in the same order as in the first input.
+    rows.sort_by_key(|r| r.0);
     summed.sort_by_key(|s| s.0);
     let a_strides = strides(a_shape);
-    let adjacent = summed
-        .windows(2)
-        .all(|w| a_strides[w[0].0.unwrap_or(0)] == w[1].3 * a_strides[w[1].0.unwrap_or(0)]);
-    if !adjacent {
+    let one_run = |axes: &[Place]| {
+        axes.windows(2)
+            .all(|w| a_strides[w[0].0.unwrap_or(0)] == w[1].3 * a_strides[w[1].0.unwrap_or(0)])
+    };
+    let mut in_output = rows.iter().chain(&columns).map(|p| p.2);
+    let output_order = in_output
+        .clone()
+        .zip(in_output.by_ref().skip(1))
+        .all(|(a, b)| a < b);
+    if !one_run(&rows) || !one_run(&summed) || !output_order {
         return Ok(None);
     }
-    let stride_in_a = |place: Option<Place>| place.and_then(|p| p.0).map_or(0, |p| a_strides[p]);
-    let (m, n) = (rows.map_or(1, |r| r.3), columns.map_or(1, |c| c.3));
+    let stride_in_a = |place: Option<&Place>| place.and_then(|p| p.0).map_or(0, |p| a_strides[p]);
+    let m: usize = rows.iter().map(|r| r.3).product();
+    let n = columns.map_or(1, |c| c.3);
     let k: usize = summed.iter().map(|s| s.3).product();
-    if k > SHORT_K && m * k * n > MAX_FMAS {
+    // Vectors along contiguous rows read the first operand in place, but store through a
+    // transposition: for sums of fewer than 8 terms the store sets the pace, and is faster
+    // along the columns (13 824 × 1 × 24: 190 against 119 µs).
+    let a_m = stride_in_a(rows.last());
+    let along_rows = a_m == 1 && m >= LANES && k >= LANES;
+    if !along_rows && k > SHORT_K && m * k * n > MAX_FMAS {
         return Ok(None);
     }
     let konst = konst.try_as_plain_ram()?;
     let values = konst.as_slice::<f32>()?;
     let b_strides = strides(b_shape);
-    let width = n.div_ceil(LANES) * LANES;
-    let mut b = vec![0f32; k * width];
     let column_stride = columns.and_then(|c| c.1).map_or(0, |p| b_strides[p]);
-    for (kk, row) in b.chunks_exact_mut(width).enumerate() {
-        // kk's index along each summed axis, the last the fastest.
+    // b(kk, j): kk's index along each summed axis, the last the fastest.
+    let b_at = |kk: usize, j: usize| {
         let mut rest = kk;
-        let mut at = 0;
+        let mut at = j * column_stride;
         for s in summed.iter().rev() {
             at += (rest % s.3) * s.1.map_or(0, |p| b_strides[p]);
             rest /= s.3;
         }
-        for (j, value) in row.iter_mut().take(n).enumerate() {
-            *value = values[at + j * column_stride];
-        }
-    }
+        values[at]
+    };
+    let b: Arc<[f32]> = if along_rows {
+        let transposed: Vec<f32> = (0..n * k).map(|i| b_at(i % k, i / k)).collect();
+        kernel::pack(&transposed, n, k, 1)
+    } else {
+        let width = n.div_ceil(LANES) * LANES;
+        (0..k * width)
+            .map(|i| {
+                if i % width < n {
+                    b_at(i / width, i % width)
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    };
+    let padded = |bias: &[f32]| -> Arc<[f32]> {
+        let width = if along_rows {
+            n.div_ceil(CO) * CO
+        } else {
+            n.div_ceil(LANES) * LANES
+        };
+        (0..width)
+            .map(|j| bias.get(j).copied().unwrap_or(0.0))
+            .collect()
+    };
     let mut product = ConstProduct {
         m,
         k,
         n,
-        a_m: stride_in_a(rows),
-        a_k: stride_in_a(summed.last().copied()),
-        b: b.into(),
-        bias: vec![0f32; width].into(),
+        a_m,
+        a_k: stride_in_a(summed.last()),
+        along_rows,
+        b,
+        bias: padded(&[]),
         input_shape: a_shape.into(),
         output_shape: out_shape.into(),
     };
@@ -291,9 +424,7 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(ConstPr
             .and_then(|(konst, _)| along_axis(&konst, out_shape.len(), c, n));
         let same_shape = model.outlet_fact(next.id.into())?.shape == out.shape;
         if let Some(bias) = bias.filter(|_| same_shape) {
-            let mut padded = vec![0f32; width];
-            padded[..n].copy_from_slice(&bias);
-            product.bias = padded.into();
+            product.bias = padded(&bias);
             output = next.id.into();
         }
     }
@@ -407,8 +538,10 @@ mod tests {
         if !kernel::available() {
             return;
         }
-        // Rows that fill no tile, one, and part of the last; columns of part of a vector, and
-        // of 3 + 2 vectors and a part; summed lengths of 1 and over two axes.
+        // Gathered tiles: rows that fill no tile, one, and part of the last; columns of part of
+        // a vector, and of 3 + 2 vectors and a part; summed lengths of 1 and over two axes.
+        // Vectors along the rows: 29 rows (2 + 2 vectors, the last in part), columns that end
+        // in part of a tile, and exactly one vector and one tile; two row axes.
         let lens = |m, k, n| {
             move |c| match c {
                 'm' => m,
@@ -426,6 +559,9 @@ mod tests {
             ("akm,n->mn", 10, 1, 24),
             ("m,n->mn", 1, 1, 3),
             ("k,nk->n", 1, 64, 33),
+            ("akm,kn->mn", 29, 9, 14),
+            ("akm,kn->amn", 8, 12, 4),
+            ("akxm,kn->xmn", 7, 9, 10),
         ] {
             for bias in [false, true] {
                 let mut model = graph(expr, lens(m, k, n), bias, true);
@@ -459,12 +595,14 @@ mod tests {
             'n' => 40,
             _ => 1,
         };
-        let mut model = graph("akm,kn->mn", lens, true, true);
-        assert_eq!(replace(&mut model).unwrap(), 1);
-        let x = input(&model);
-        let one = run(model.clone(), &x, None);
-        let two = run(model, &x, Some(Executor::multithread(2)));
-        assert!(same_bits(&one, &two));
+        for expr in ["akm,kn->mn", "amk,kn->mn"] {
+            let mut model = graph(expr, lens, true, true);
+            assert_eq!(replace(&mut model).unwrap(), 1);
+            let x = input(&model);
+            let one = run(model.clone(), &x, None);
+            let two = run(model, &x, Some(Executor::multithread(2)));
+            assert!(same_bits(&one, &two), "{expr}");
+        }
     }
 
     #[test]
@@ -479,6 +617,7 @@ mod tests {
         for (expr, constant) in [
             ("akm,n->anm", true),   // columns before rows
             ("bmk,bkn->bmn", true), // an axis kept from both
+            ("kbm,kn->mbn", true),  // rows in another order
             ("mk,kn->mn", false),   // no constant
             ("mk,kn->mn", true),    // large, with a long sum: tract's is faster
         ] {
