@@ -246,6 +246,7 @@ impl Graph {
         super::norm::replace(&mut typed).map_err(onnx_err)?;
         let mut optimized = typed.into_optimized().map_err(onnx_err)?;
         super::softmax::replace(&mut optimized).map_err(onnx_err)?;
+        super::broadcast::replace(&mut optimized).map_err(onnx_err)?;
         super::quantize::replace(&mut optimized).map_err(onnx_err)?;
         super::quantize::fuse_dequantize(&mut optimized).map_err(onnx_err)?;
         let threads = graph_threads(threads, fmas);

@@ -4,6 +4,7 @@
 //! with task adapters), [`sam`] (clicks and boxes), [`dense`] (plain and
 //! task/modality-conditioned), [`sam3d`] (volumes and 3D clicks).
 
+pub mod broadcast;
 pub mod conv;
 pub mod dense;
 pub mod engine;

@@ -195,8 +195,8 @@ unsafe fn store_transposed(
     columns: usize,
     valid: usize,
 ) {
-    for v in 0..n {
-        let [c0, c1, c2, c3] = [sums[0][v], sums[1][v], sums[2][v], sums[3][v]];
+    let [s0, s1, s2, s3] = sums;
+    for (v, (((&c0, &c1), &c2), &c3)) in s0.iter().zip(s1).zip(s2).zip(s3).take(n).enumerate() {
         let (t0, t1) = (_mm256_unpacklo_ps(c0, c1), _mm256_unpackhi_ps(c0, c1));
         let (t2, t3) = (_mm256_unpacklo_ps(c2, c3), _mm256_unpackhi_ps(c2, c3));
         // Row i of the vector in the low half of rows[i], row 4 + i in the high half.
