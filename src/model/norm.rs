@@ -21,7 +21,9 @@ use tract_core::ops::binary::BinMiniOp;
 use tract_core::ops::math::{Add, Mul, Sub};
 use tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
 
-use super::rewrite::{along_axis, bin_op, constant_operand, only_reader, same_bits};
+use super::rewrite::{
+    along_axis, bin_op, constant_operand, only_reader, replace_chains, same_bits,
+};
 
 /// Lanes of the vectorised loops.
 const LANES: usize = 8;
@@ -258,23 +260,10 @@ fn layer_norm(
 /// Replaces every layer normalisation chain of `model` (a decluttered model) with
 /// [`LayerNorm`]; returns how many were replaced.
 pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some((op, x, output)) = layer_norm(model, node)? else {
-            continue;
-        };
-        let mut patch = TypedModelPatch::default();
-        let tap = patch.tap_model(model, x)?;
-        let wire = patch.wire_node(&node.name, op, &[tap])?;
-        patch.shunt_outside(model, output, wire[0])?;
-        patch.apply(model)?;
-        replaced += 1;
-    }
-    if replaced > 0 {
-        model.compact()?;
-    }
-    Ok(replaced)
+    replace_chains(model, |model, node| {
+        Ok(layer_norm(model, node)?
+            .map(|(op, x, output)| (Box::new(op) as Box<dyn TypedOp>, tvec![x], output)))
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! What the operator swaps share: replacing nodes of a tract graph one for one, finding the
-//! only reader of a node's output, comparing operator parameters bit for bit (tract's
+//! What the operator swaps share: replacing nodes of a tract graph one for one or a chain of
+//! them by one operator, finding the only reader of a node's output, comparing operator parameters bit for bit (tract's
 //! operators must be `Eq`, which f32 parameters are not by themselves), and reading the
 //! constant operand of a binary operator.
 
@@ -21,6 +21,37 @@ pub fn swap_ops(
             TypedModelPatch::replace_single_op(model, node, &inputs, op)?.apply(model)?;
             replaced += 1;
         }
+    }
+    Ok(replaced)
+}
+
+/// What replaces a part of a graph: one operator, the outlets it reads, and the outlet whose
+/// readers it takes over.
+pub type Chain = (Box<dyn TypedOp>, TVec<OutletId>, OutletId);
+
+/// Replaces, for each node of `model` (in evaluation order) for which `find` gives a
+/// [`Chain`], the nodes between the chain's inputs and its output with its operator; returns
+/// how many were replaced. This is how `conv` and `norm` put in operators that take over
+/// several of tract's.
+pub fn replace_chains(
+    model: &mut TypedModel,
+    find: impl Fn(&TypedModel, &TypedNode) -> TractResult<Option<Chain>>,
+) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some((op, inputs, output)) = find(model, node)? else {
+            continue;
+        };
+        let mut patch = TypedModelPatch::default();
+        let taps = patch.taps(model, &inputs)?;
+        let wire = patch.wire_node(&node.name, op, &taps)?;
+        patch.shunt_outside(model, output, wire[0])?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    if replaced > 0 {
+        model.compact()?;
     }
     Ok(replaced)
 }

@@ -17,7 +17,7 @@ use tract_core::ops::nn::DataFormat;
 
 use super::kernel::{self, Output, CO, LANES};
 use crate::model::pool::square_windows;
-use crate::model::rewrite::{only_reader, same_bits};
+use crate::model::rewrite::{only_reader, replace_chains, same_bits};
 
 /// A 3×3, stride 1, padding 1 convolution of an f32 NCHW tensor (N = 1), with its bias and
 /// optionally a ReLU; its input may come in parts along the channels.
@@ -337,11 +337,9 @@ fn is_relu(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
 
 /// Replaces every eligible convolution of `model` with [`Conv3x3`]; returns how many.
 pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
+    replace_chains(model, |model, node| {
         let Some(mut op) = eligible(model, node)? else {
-            continue;
+            return Ok(None);
         };
         // A channel concatenation read by this convolution alone is done by its padded copy.
         let source = model.node(node.inputs[0].node);
@@ -349,33 +347,24 @@ pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
             .op_as::<TypedConcat>()
             .filter(|concat| concat.axis == 1)
             .is_some();
-        let mut inputs = if concat && only_reader(model, source)?.is_some() {
-            source.inputs.clone()
+        let mut inputs: TVec<OutletId> = if concat && only_reader(model, source)?.is_some() {
+            source.inputs.iter().copied().collect()
         } else {
-            vec![node.inputs[0]]
+            tvec![node.inputs[0]]
         };
         if op.packed.is_none() {
             inputs.extend_from_slice(&node.inputs[1..3]);
         }
         // So is a ReLU that alone reads the convolution's output.
-        let mut output = OutletId::from(id);
+        let mut output = OutletId::from(node.id);
         if let Some(next) = only_reader(model, node)? {
             if is_relu(model, next)? && next.inputs[0] == output {
                 op.relu = true;
                 output = next.id.into();
             }
         }
-        let mut patch = TypedModelPatch::default();
-        let taps = patch.taps(model, &inputs)?;
-        let wire = patch.wire_node(&node.name, op, &taps)?;
-        patch.shunt_outside(model, output, wire[0])?;
-        patch.apply(model)?;
-        replaced += 1;
-    }
-    if replaced > 0 {
-        model.compact()?;
-    }
-    Ok(replaced)
+        Ok(Some((Box::new(op) as Box<dyn TypedOp>, inputs, output)))
+    })
 }
 
 #[cfg(test)]

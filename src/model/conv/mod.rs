@@ -1,6 +1,7 @@
-//! Direct convolutions for x86-64 with AVX2 and FMA, swapped into decluttered graphs for
-//! tract's: [`direct`] for 3×3, stride 1, padding 1 convolutions (with the channel
-//! concatenation before and the ReLU after them), on the micro-kernel of [`kernel`].
+//! Direct convolutions and products with a constant matrix for x86-64 with AVX2 and FMA,
+//! swapped into decluttered graphs for tract's, on the micro-kernel of [`kernel`]: [`direct`]
+//! for 3×3, stride 1, padding 1 convolutions (with the channel concatenation before and the
+//! ReLU after them), [`product`] for the transformers' linear layers and the like (see there).
 //!
 //! The U-Nets are made of these, and tract ran them at 23–37 GFLOP/s on this project's x86
 //! machine (78 GFLOP/s peak per core): its direct spatial convolution for inputs of up to 64
@@ -12,8 +13,8 @@
 //! pool (`engine::graph_threads`), rows are split into one band per thread.
 //!
 //! Only f32, 2D, NCHW, batch 1, one group convolutions are replaced, and only where the CPU has
-//! AVX2 and FMA; every other convolution, and every convolution on other CPUs (Arm cores run
-//! tract's own NEON kernels), keeps tract's operator. Summation order differs from tract's and
+//! AVX2 and FMA; every other convolution, and every convolution and product on other CPUs (Arm
+//! cores run tract's own NEON kernels), keeps tract's operator. Summation order differs from tract's and
 //! onnxruntime's, so results agree within float rounding (the parity tests' tolerances).
 
 #[cfg(target_arch = "x86_64")]

@@ -29,7 +29,9 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::math::Add;
 
 use super::kernel::{self, Output, CO, LANES};
-use crate::model::rewrite::{along_axis, bin_op, constant_operand, only_reader, same_bits};
+use crate::model::rewrite::{
+    along_axis, bin_op, constant_operand, only_reader, replace_chains, same_bits,
+};
 
 /// Where the first operand's rows are not contiguous, the products taken: those of up to this
 /// many multiply–adds, and any with a summed length of up to [`SHORT_K`]. On larger products
@@ -433,23 +435,15 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(ConstPr
 
 /// Replaces every eligible product of `model` with [`ConstProduct`]; returns how many.
 pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some((op, output)) = eligible(model, node)? else {
-            continue;
-        };
-        let mut patch = TypedModelPatch::default();
-        let tap = patch.tap_model(model, node.inputs[0])?;
-        let wire = patch.wire_node(&node.name, op, &[tap])?;
-        patch.shunt_outside(model, output, wire[0])?;
-        patch.apply(model)?;
-        replaced += 1;
-    }
-    if replaced > 0 {
-        model.compact()?;
-    }
-    Ok(replaced)
+    replace_chains(model, |model, node| {
+        Ok(eligible(model, node)?.map(|(op, output)| {
+            (
+                Box::new(op) as Box<dyn TypedOp>,
+                tvec![node.inputs[0]],
+                output,
+            )
+        }))
+    })
 }
 
 #[cfg(test)]
