@@ -347,11 +347,8 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(ConstPr
         axes.windows(2)
             .all(|w| a_strides[w[0].0.unwrap_or(0)] == w[1].3 * a_strides[w[1].0.unwrap_or(0)])
     };
-    let mut in_output = rows.iter().chain(&columns).map(|p| p.2);
-    let output_order = in_output
-        .clone()
-        .zip(in_output.by_ref().skip(1))
-        .all(|(a, b)| a < b);
+    let in_output: Vec<_> = rows.iter().chain(&columns).map(|p| p.2).collect();
+    let output_order = in_output.windows(2).all(|w| w[0] < w[1]);
     if !one_run(&rows) || !one_run(&summed) || !output_order {
         return Ok(None);
     }
