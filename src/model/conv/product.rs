@@ -19,7 +19,7 @@
 //! Only f32 products whose second input is a constant, with one axis of each operand kept in
 //! the output (other than axes of size 1), the summed axes adjacent in the first input, the
 //! output laid out as `[rows][columns]`, and, for gathered tiles, a size where they are the
-//! faster ([`MAX_FMAS`]), are replaced; every other `EinSum` keeps tract's operator. Summation
+//! faster (`MAX_FMAS`), are replaced; every other `EinSum` keeps tract's operator. Summation
 //! order differs from tract's and onnxruntime's, so results agree within float rounding.
 
 use std::arch::x86_64::*;
