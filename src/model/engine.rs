@@ -244,6 +244,7 @@ impl Graph {
         super::conv::replace(&mut typed).map_err(onnx_err)?;
         super::pool::replace(&mut typed).map_err(onnx_err)?;
         super::norm::replace(&mut typed).map_err(onnx_err)?;
+        super::depthwise::replace(&mut typed).map_err(onnx_err)?;
         let mut optimized = typed.into_optimized().map_err(onnx_err)?;
         super::softmax::replace(&mut optimized).map_err(onnx_err)?;
         super::broadcast::replace(&mut optimized).map_err(onnx_err)?;

@@ -7,6 +7,7 @@
 pub mod broadcast;
 pub mod conv;
 pub mod dense;
+pub mod depthwise;
 pub mod engine;
 pub mod frame_model;
 pub mod manifest;
