@@ -196,6 +196,7 @@ pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::{assert_close, run};
     use tract_core::ops::cnn::{PaddingSpec, PoolSpec};
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
@@ -229,20 +230,6 @@ mod tests {
         model
     }
 
-    fn run(model: TypedModel, x: &Tensor) -> Vec<f32> {
-        let out = model
-            .into_runnable()
-            .unwrap()
-            .run(tvec![x.clone().into()])
-            .unwrap();
-        out[0]
-            .try_as_plain_ram()
-            .unwrap()
-            .as_slice::<f32>()
-            .unwrap()
-            .to_vec()
-    }
-
     #[test]
     fn every_shape_matches_tract_s_convolution() {
         let shapes: [(&[usize], DataFormat); 5] = [
@@ -257,19 +244,14 @@ mod tests {
             let x = tensor1(&values(shape.iter().product(), 3))
                 .into_shape(shape)
                 .unwrap();
-            let want = run(model.clone(), &x);
+            let want = run(model.clone(), &x, None);
             assert_eq!(replace(&mut model).unwrap(), 1, "{shape:?}");
             assert!(model
                 .nodes()
                 .iter()
                 .any(|n| n.op().name() == "Depthwise3x3"));
-            let got = run(model, &x);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                    "{shape:?} [{i}]: {g} vs {w}"
-                );
-            }
+            let got = run(model, &x, None);
+            assert_close(&got, &want, &format!("{shape:?}"));
         }
     }
 

@@ -19,6 +19,8 @@ pub mod rewrite;
 pub mod sam;
 pub mod sam3d;
 pub mod softmax;
+#[cfg(test)]
+mod testing;
 pub mod vlsm;
 
 use std::fmt;

@@ -270,6 +270,7 @@ pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::{assert_close, ops, run};
     use tract_core::ops::binary::TypedBinOp;
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
@@ -301,15 +302,6 @@ mod tests {
             }
         }
         y
-    }
-
-    fn assert_close(got: &[f32], want: &[f32], what: &str) {
-        for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                "{what} [{i}]: {g} vs {w}"
-            );
-        }
     }
 
     #[test]
@@ -380,28 +372,6 @@ mod tests {
         out
     }
 
-    fn ops(model: &TypedModel) -> Vec<String> {
-        let order = model.eval_order().unwrap();
-        order
-            .into_iter()
-            .map(|id| model.node(id).op().name().to_string())
-            .collect()
-    }
-
-    fn run(model: TypedModel, x: &Tensor) -> Vec<f32> {
-        let out = model
-            .into_runnable()
-            .unwrap()
-            .run(tvec![x.clone().into()])
-            .unwrap();
-        out[0]
-            .try_as_plain_ram()
-            .unwrap()
-            .as_slice::<f32>()
-            .unwrap()
-            .to_vec()
-    }
-
     #[test]
     fn the_chain_becomes_one_operator_that_computes_the_same() {
         // Channels first (the CLIPSeg image graph's form), with a scale and a shift.
@@ -412,10 +382,10 @@ mod tests {
         let y = chain(&mut model, x, 1, Some(per_channel(1)), Some(per_channel(2)));
         model.select_output_outlets(&[y]).unwrap();
         let input = Tensor::from_shape(&[2, n, 10], &values(120, 3)).unwrap();
-        let before = run(model.clone(), &input);
+        let before = run(model.clone(), &input, None);
         assert_eq!(replace(&mut model).unwrap(), 1);
         assert_eq!(ops(&model), ["Source", "LayerNorm"]);
-        assert_close(&run(model, &input), &before, "channels first");
+        assert_close(&run(model, &input, None), &before, "channels first");
 
         // The last axis, a scalar shift.
         let mut model = TypedModel::default();
@@ -429,10 +399,10 @@ mod tests {
         );
         model.select_output_outlets(&[y]).unwrap();
         let input = Tensor::from_shape(&[3, 8], &values(24, 5)).unwrap();
-        let before = run(model.clone(), &input);
+        let before = run(model.clone(), &input, None);
         assert_eq!(replace(&mut model).unwrap(), 1);
         assert_eq!(ops(&model), ["Source", "LayerNorm"]);
-        assert_close(&run(model, &input), &before, "last axis");
+        assert_close(&run(model, &input, None), &before, "last axis");
     }
 
     #[test]
@@ -452,9 +422,9 @@ mod tests {
         let y = chain(&mut model, x, 1, Some(across), None);
         model.select_output_outlets(&[y]).unwrap();
         let input = Tensor::from_shape(&[2, 4, 3], &values(24, 7)).unwrap();
-        let before = run(model.clone(), &input);
+        let before = run(model.clone(), &input, None);
         assert_eq!(replace(&mut model).unwrap(), 1);
         assert_eq!(ops(&model), ["Source", "LayerNorm", "Const", "Mul"]);
-        assert_close(&run(model, &input), &before, "scale across the axis");
+        assert_close(&run(model, &input, None), &before, "scale across the axis");
     }
 }

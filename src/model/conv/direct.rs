@@ -370,6 +370,7 @@ pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing;
     use tract_core::ops::array::TypedConcat;
     use tract_core::ops::binary::TypedBinOp;
     use tract_core::ops::cnn::conv::{Conv, KernelFormat};
@@ -422,15 +423,7 @@ mod tests {
 
     /// Asserts that `got` holds `want` within float rounding (summation orders differ).
     fn assert_close(got: &Tensor, want: &[f32], what: &str) {
-        let got = got.try_as_plain_ram().unwrap();
-        let got = got.as_slice::<f32>().unwrap();
-        assert_eq!(got.len(), want.len(), "{what}");
-        for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                "{what} at {i}: {g} vs {w}"
-            );
-        }
+        testing::assert_close(&testing::values_of(got), want, what);
     }
 
     /// A graph of tract's convolution (3×3, padding 1, given strides) on `[1, cin, h, w]`,

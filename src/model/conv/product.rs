@@ -446,6 +446,7 @@ pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::{assert_close, ops, run};
     use tract_core::ops::binary::TypedBinOp;
     use tract_linalg::multithread::Executor;
 
@@ -486,29 +487,6 @@ mod tests {
         }
         model.select_output_outlets(&y).unwrap();
         model
-    }
-
-    fn run(model: TypedModel, x: &Tensor, executor: Option<Executor>) -> Vec<f32> {
-        let options = RunOptions {
-            executor,
-            ..RunOptions::default()
-        };
-        let plan = model.into_runnable_with_options(&options).unwrap();
-        let out = plan.run(tvec![x.clone().into()]).unwrap();
-        out[0]
-            .try_as_plain_ram()
-            .unwrap()
-            .as_slice::<f32>()
-            .unwrap()
-            .to_vec()
-    }
-
-    fn ops(model: &TypedModel) -> Vec<String> {
-        let order = model.eval_order().unwrap();
-        order
-            .into_iter()
-            .map(|id| model.node(id).op().name().to_string())
-            .collect()
     }
 
     fn input(model: &TypedModel) -> Tensor {
@@ -565,12 +543,7 @@ mod tests {
                     "{expr} bias {bias}"
                 );
                 let got = run(model, &x, None);
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                        "{expr} [{i}]: {g} vs {w}"
-                    );
-                }
+                assert_close(&got, &want, &format!("{expr} bias {bias}"));
             }
         }
     }
