@@ -31,8 +31,8 @@ pub type Chain = (Box<dyn TypedOp>, TVec<OutletId>, OutletId);
 
 /// Replaces, for each node of `model` (in evaluation order) for which `find` gives a
 /// [`Chain`], the nodes between the chain's inputs and its output with its operator; returns
-/// how many were replaced. This is how `conv` and `norm` put in operators that take over
-/// several of tract's.
+/// how many were replaced. This is how `conv`, `norm` and `depthwise` put in operators that
+/// take over one or several of tract's.
 pub fn replace_chains(
     model: &mut TypedModel,
     find: impl Fn(&TypedModel, &TypedNode) -> TractResult<Option<Chain>>,
