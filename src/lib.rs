@@ -10,6 +10,7 @@
 //! [`prompt`] builds text prompts from attributes; [`dataset`] and [`eval`] measure a model on a
 //! folder of labelled frames. [`bench`](mod@bench) measures all of it ([`histogram`] holds the latencies).
 
+pub mod alloc;
 pub mod background;
 pub mod bench;
 pub mod dataset;

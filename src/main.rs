@@ -23,6 +23,12 @@ use edgeseg::volume::segment::Click as VolumeClick;
 use edgeseg::volume::{nifti, LoadOptions};
 use edgeseg::{eval, input, live, phantom, serial};
 
+/// musl's malloc unmaps every large block it frees; this keeps them for the next frame
+/// (`edgeseg::alloc` says why).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: edgeseg::alloc::Retaining = edgeseg::alloc::Retaining::new();
+
 #[derive(Parser)]
 #[command(
     name = "edgeseg",
@@ -1145,6 +1151,9 @@ impl log::Log for StderrLog {
 }
 
 fn main() -> ExitCode {
+    // glibc's malloc keeps freed memory once told to (`edgeseg::alloc` says why).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    edgeseg::alloc::configure();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,

@@ -428,6 +428,7 @@ impl Session {
     }
 
     fn run_plan(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
+        crate::alloc::keep_from_now();
         let values = self.plan_inputs(inputs)?;
         let graph = &self.graph;
         let outputs = self.state.run(values).map_err(|e| graph.run_err(e))?;
