@@ -15,7 +15,8 @@
 //! the pair only rounds the activation to the 8-bit grid, in two passes over memory and an
 //! 8-bit tensor between them. [`fuse_dequantize`] makes such a pair one [`QuantizeF32`] with
 //! [`Dequantize`], which writes `(level − zero point) · scale` in f32 from the same loop,
-//! bit-identical to the two operators.
+//! bit-identical to the two operators. That map is a [`Grid`]; where such a pair reads a direct
+//! convolution's output, `conv::direct` takes it into the convolution's store instead.
 
 use tract_core::internal::*;
 use tract_core::ops::element_wise::ElementWiseOp;
@@ -75,11 +76,8 @@ impl EvalOp for QuantizeF32 {
             match (self.output, &self.dequantize) {
                 (DatumType::U8, None) => quantize(xs, out.as_slice_mut::<u8>()?, self),
                 (DatumType::I8, None) => quantize(xs, out.as_slice_mut::<i8>()?, self),
-                (DatumType::U8, Some(dq)) => {
-                    quantize_dequantize::<u8>(xs, out.as_slice_mut::<f32>()?, self, dq)
-                }
-                (DatumType::I8, Some(dq)) => {
-                    quantize_dequantize::<i8>(xs, out.as_slice_mut::<f32>()?, self, dq)
+                (DatumType::U8 | DatumType::I8, Some(dq)) => {
+                    Grid::new(self, dq).round_slice(xs, out.as_slice_mut::<f32>()?)
                 }
                 (dt, _) => bail!("QuantizeF32 cannot output {dt:?}"),
             }
@@ -106,24 +104,24 @@ impl TypedOp for QuantizeF32 {
     as_op!();
 }
 
-/// The 8-bit outputs, with their range.
+/// The 8-bit outputs, with their range as floats.
 trait Quantized: Copy {
-    const MIN: i32;
-    const MAX: i32;
+    const MIN_LEVEL: f32;
+    const MAX_LEVEL: f32;
     fn from_i32(v: i32) -> Self;
 }
 
 impl Quantized for u8 {
-    const MIN: i32 = u8::MIN as i32;
-    const MAX: i32 = u8::MAX as i32;
+    const MIN_LEVEL: f32 = u8::MIN as f32;
+    const MAX_LEVEL: f32 = u8::MAX as f32;
     fn from_i32(v: i32) -> Self {
         v as u8
     }
 }
 
 impl Quantized for i8 {
-    const MIN: i32 = i8::MIN as i32;
-    const MAX: i32 = i8::MAX as i32;
+    const MIN_LEVEL: f32 = i8::MIN as f32;
+    const MAX_LEVEL: f32 = i8::MAX as f32;
     fn from_i32(v: i32) -> Self {
         v as i8
     }
@@ -147,56 +145,124 @@ unsafe fn quantize_avx2<T: Quantized>(xs: &[f32], ys: &mut [T], scale: f32, zero
     quantize_slice(xs, ys, scale, zero_point);
 }
 
-/// Quantizes `xs` to the levels of `T` and dequantizes them into `ys`, with AVX2 and FMA where
-/// the CPU has them.
-fn quantize_dequantize<T: Quantized>(
-    xs: &[f32],
-    ys: &mut [f32],
-    op: &QuantizeF32,
-    dq: &Dequantize,
-) {
+/// A quantization to 8-bit levels and back as one f32 → f32 map: what a [`QuantizeF32`] with
+/// [`Dequantize`] computes for each value, `(level(x) − dequantization zero point) · scale`. The
+/// level and both zero points are integers exact in f32, so the difference is the same as
+/// tract's in integers. `conv::direct` applies it to a convolution's input as it copies it and
+/// in registers to its output.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Grid {
+    scale: f32,
+    zero: f32,
+    min: f32,
+    max: f32,
+    dq_zero: f32,
+    dq_scale: f32,
+}
+
+impl Grid {
+    fn new(q: &QuantizeF32, dq: &Dequantize) -> Grid {
+        let (min, max) = match q.output {
+            DatumType::U8 => (u8::MIN_LEVEL, u8::MAX_LEVEL),
+            _ => (i8::MIN_LEVEL, i8::MAX_LEVEL),
+        };
+        Grid {
+            scale: q.scale,
+            zero: q.zero_point as f32,
+            min,
+            max,
+            dq_zero: dq.zero_point as f32,
+            dq_scale: dq.scale,
+        }
+    }
+
+    /// The grid `node` rounds to, with the node whose output carries the rounded values, where
+    /// `node` is an f32 `QuantizeLinear` that one `DequantizeLinearF32` alone reads (a
+    /// decluttered graph's form of the pair).
+    pub fn at<'m>(
+        model: &'m TypedModel,
+        node: &TypedNode,
+    ) -> TractResult<Option<(Grid, &'m TypedNode)>> {
+        let Some(q) = tract_quantize(model, node)? else {
+            return Ok(None);
+        };
+        let Some(next) = super::rewrite::only_reader(model, node)? else {
+            return Ok(None);
+        };
+        Ok(next.op_as::<DequantizeLinearF32>().map(|dq| {
+            let dq = Dequantize {
+                scale: dq.scale,
+                zero_point: dq.zero_point,
+            };
+            (Grid::new(&q, &dq), next)
+        }))
+    }
+
+    #[inline(always)]
+    pub fn round(&self, x: f32) -> f32 {
+        (level(x, self.scale, self.zero, self.min, self.max) - self.dq_zero) * self.dq_scale
+    }
+
+    /// [`Grid::round`] on 8 values, bit for bit.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        unsafe { quantize_dequantize_avx2::<T>(xs, ys, op, dq) };
-        return;
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn round_avx2(&self, x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let zero = _mm256_set1_ps(self.zero);
+        let scaled = _mm256_mul_ps(x, _mm256_set1_ps(self.scale));
+        let q = _mm256_add_ps(
+            _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(scaled),
+            zero,
+        );
+        let q = _mm256_blendv_ps(q, zero, _mm256_cmp_ps::<_CMP_UNORD_Q>(q, q));
+        let q = _mm256_min_ps(
+            _mm256_max_ps(q, _mm256_set1_ps(self.min)),
+            _mm256_set1_ps(self.max),
+        );
+        _mm256_mul_ps(
+            _mm256_sub_ps(q, _mm256_set1_ps(self.dq_zero)),
+            _mm256_set1_ps(self.dq_scale),
+        )
     }
-    quantize_dequantize_slice::<T>(xs, ys, op, dq);
-}
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_dequantize_avx2<T: Quantized>(
-    xs: &[f32],
-    ys: &mut [f32],
-    op: &QuantizeF32,
-    dq: &Dequantize,
-) {
-    quantize_dequantize_slice::<T>(xs, ys, op, dq);
-}
+    /// Rounds `xs` into `ys`, with AVX2 and FMA where the CPU has them (the body is the same;
+    /// the wider vectors are the compiler's).
+    pub fn round_slice(&self, xs: &[f32], ys: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the function is compiled for.
+            unsafe { self.round_slice_avx2(xs, ys) };
+            return;
+        }
+        self.round_each(xs, ys);
+    }
 
-/// [`level`] then tract's dequantization, `(level − zero point) as f32 · scale`: the level and
-/// both zero points are integers exact in f32, so the difference is the same in floats.
-#[inline(always)]
-fn quantize_dequantize_slice<T: Quantized>(
-    xs: &[f32],
-    ys: &mut [f32],
-    op: &QuantizeF32,
-    dq: &Dequantize,
-) {
-    let (zero, dq_zero) = (op.zero_point as f32, dq.zero_point as f32);
-    for (x, y) in xs.iter().zip(ys.iter_mut()) {
-        *y = (level::<T>(*x, op.scale, zero) - dq_zero) * dq.scale;
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn round_slice_avx2(&self, xs: &[f32], ys: &mut [f32]) {
+        self.round_each(xs, ys);
+    }
+
+    #[inline(always)]
+    fn round_each(&self, xs: &[f32], ys: &mut [f32]) {
+        for (x, y) in xs.iter().zip(ys.iter_mut()) {
+            *y = self.round(*x);
+        }
     }
 }
 
-/// The level of `x`, as a float: round half to even, add the zero point, saturate; NaN is the
-/// zero point.
+/// The level of `x`, as a float: round half to even, add the zero point, saturate to
+/// `min..=max`; NaN is the zero point.
 #[inline(always)]
-fn level<T: Quantized>(x: f32, scale: f32, zero: f32) -> f32 {
+fn level(x: f32, scale: f32, zero: f32, min: f32, max: f32) -> f32 {
     let q = (x * scale).round_ties_even() + zero;
     let q = if q.is_nan() { zero } else { q };
-    q.clamp(T::MIN as f32, T::MAX as f32)
+    q.clamp(min, max)
 }
 
 /// tract's `quantize_linear_f32_{u8,i8}`: round half to even, add the zero point, saturate.
@@ -209,7 +275,7 @@ fn quantize_slice<T: Quantized>(xs: &[f32], ys: &mut [T], scale: f32, zero_point
     // larger ones saturate either way.
     let zero = zero_point as f32;
     for (x, y) in xs.iter().zip(ys.iter_mut()) {
-        let q = level::<T>(*x, scale, zero);
+        let q = level(*x, scale, zero, T::MIN_LEVEL, T::MAX_LEVEL);
         // SAFETY: q is finite and within the output's range.
         *y = T::from_i32(unsafe { q.to_int_unchecked::<i32>() });
     }
@@ -219,31 +285,32 @@ fn quantize_slice<T: Quantized>(xs: &[f32], ys: &mut [T], scale: f32, zero_point
 /// plan's model) with [`QuantizeF32`]; returns how many were replaced.
 pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
     super::rewrite::swap_ops(model, |model, node| {
-        let Some(ElementWiseOp(mini, None)) = node.op_as::<ElementWiseOp>() else {
-            return Ok(None);
-        };
-        if model.outlet_fact(node.inputs[0])?.datum_type != f32::datum_type() {
-            return Ok(None);
-        }
-        let op = if let Some(q) = mini.downcast_ref::<QuantizeLinearU8>() {
-            QuantizeF32 {
-                scale: q.scale,
-                zero_point: i32::from(q.zero_point),
-                output: DatumType::U8,
-                dequantize: None,
-            }
-        } else if let Some(q) = mini.downcast_ref::<QuantizeLinearI8>() {
-            QuantizeF32 {
-                scale: q.scale,
-                zero_point: i32::from(q.zero_point),
-                output: DatumType::I8,
-                dequantize: None,
-            }
-        } else {
-            return Ok(None);
-        };
-        Ok(Some(Box::new(op)))
+        Ok(tract_quantize(model, node)?.map(|op| Box::new(op) as Box<dyn TypedOp>))
     })
+}
+
+/// `node` as a [`QuantizeF32`] if it is tract's `QuantizeLinearU8`/`QuantizeLinearI8` of an
+/// f32 tensor.
+fn tract_quantize(model: &TypedModel, node: &TypedNode) -> TractResult<Option<QuantizeF32>> {
+    let Some(ElementWiseOp(mini, None)) = node.op_as::<ElementWiseOp>() else {
+        return Ok(None);
+    };
+    if model.outlet_fact(node.inputs[0])?.datum_type != f32::datum_type() {
+        return Ok(None);
+    }
+    let (scale, zero_point, output) = if let Some(q) = mini.downcast_ref::<QuantizeLinearU8>() {
+        (q.scale, i32::from(q.zero_point), DatumType::U8)
+    } else if let Some(q) = mini.downcast_ref::<QuantizeLinearI8>() {
+        (q.scale, i32::from(q.zero_point), DatumType::I8)
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(QuantizeF32 {
+        scale,
+        zero_point,
+        output,
+        dequantize: None,
+    }))
 }
 
 /// Makes every [`QuantizeF32`] of `model` (after [`replace`]) that one `DequantizeLinearF32`
@@ -410,6 +477,44 @@ mod tests {
         let (a, b) = (before.run(inputs()).unwrap(), after.run(inputs()).unwrap());
         for (a, b) in a.iter().zip(&b) {
             assert_eq!(a, b);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_grid_rounds_8_values_in_registers_to_the_same_bits_as_one_at_a_time() {
+        use std::arch::x86_64::*;
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let mut xs = inputs();
+        xs.extend([f32::INFINITY, f32::NEG_INFINITY]);
+        xs.resize(xs.len().next_multiple_of(8), 0.5);
+        for (output, scale, zero_point) in [(DatumType::U8, 2.5, 120), (DatumType::I8, 0.75, -3)] {
+            let q = QuantizeF32 {
+                scale,
+                zero_point,
+                output,
+                dequantize: None,
+            };
+            let grid = Grid::new(
+                &q,
+                &Dequantize {
+                    scale: 0.4,
+                    zero_point: 17,
+                },
+            );
+            for x in xs.chunks_exact(8) {
+                let mut y = [0f32; 8];
+                // SAFETY: the CPU has AVX2 and FMA (checked above); both are 8 values.
+                unsafe {
+                    let v = grid.round_avx2(_mm256_loadu_ps(x.as_ptr()));
+                    _mm256_storeu_ps(y.as_mut_ptr(), v);
+                }
+                for (x, y) in x.iter().zip(y) {
+                    assert_eq!(y.to_bits(), grid.round(*x).to_bits(), "{output:?} {x}");
+                }
+            }
         }
     }
 

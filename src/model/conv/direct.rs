@@ -1,10 +1,14 @@
-//! The direct 3×3 convolution: [`Conv3x3`], swapped for tract's `Conv` with the channel
-//! concatenation before it and the `max(x, 0)` after it, where it alone reads them.
+//! The direct 3×3 convolution: [`Conv3x3`], swapped for tract's `Conv` with what is next to it
+//! where each alone reads the one before: before it, the channel concatenation and the
+//! quantize–dequantize pair of the int8 QDQ form; after it, the `max(x, 0)` and such pairs
+//! (`Concat → Q → DQ → Conv → Q → DQ → Relu → Q → DQ` in the int8 U-Nets).
 //!
 //! Each band of rows first copies the input rows it reads into a zero-bordered buffer (the
-//! parts of a concatenation one after another), so no tap needs an edge test; each output row
+//! parts of a concatenation one after another, rounded to the 8-bit grid if the input's pair was
+//! taken in), so no tap needs an edge test; each output row
 //! is then cut into blocks ([`kernel::blocks`]) that [`kernel::sum`] sums over the 9 taps and
-//! every input channel, and bias and ReLU are applied in registers before the one store.
+//! every input channel, and bias, ReLU and roundings to the 8-bit grid are applied in registers
+//! before the one store, bit-identical to the operators they replace.
 
 use std::cell::RefCell;
 
@@ -15,17 +19,21 @@ use tract_core::ops::cnn::conv::{Conv, KernelFormat};
 use tract_core::ops::math::Max;
 use tract_core::ops::nn::DataFormat;
 
-use super::kernel::{self, Output, CO, LANES};
+use super::kernel::{self, Output, Step, CO, LANES};
 use crate::model::pool::square_windows;
+use crate::model::quantize::Grid;
 use crate::model::rewrite::{only_reader, replace_chains, same_bits};
 
 /// A 3×3, stride 1, padding 1 convolution of an f32 NCHW tensor (N = 1), with its bias and
-/// optionally a ReLU; its input may come in parts along the channels.
+/// element-wise steps after it; its input may come in parts along the channels.
 #[derive(Debug, Clone)]
 pub struct Conv3x3 {
     cin: usize,
     cout: usize,
-    relu: bool,
+    /// Applied to the input as it is copied (the QDQ form's rounding of an activation).
+    input_grid: Option<Grid>,
+    /// Applied to the output in order (ReLU, roundings to an 8-bit grid).
+    epilogue: Vec<Step>,
     /// The kernel and bias when they are constants, packed once. Without them, they are the
     /// operator's last two inputs, packed at every run: the conditioned U-Net's FiLM scale is
     /// folded into its kernels by tract, so they are computed from the task and modality.
@@ -58,14 +66,17 @@ impl Packed {
     }
 }
 
-/// Equal when they compute the same: the same shapes, ReLU and bits of every parameter.
+/// Equal when they compute the same: the same shapes, steps and bits of every parameter.
 impl PartialEq for Conv3x3 {
     fn eq(&self, other: &Conv3x3) -> bool {
         let same_params = match (&self.packed, &other.packed) {
             (Some(a), Some(b)) => same_bits(&a.weights, &b.weights) && same_bits(&a.bias, &b.bias),
             (a, b) => a.is_none() && b.is_none(),
         };
-        (self.cin, self.cout, self.relu) == (other.cin, other.cout, other.relu) && same_params
+        let steps = (&self.input_grid, &self.epilogue);
+        (self.cin, self.cout, steps)
+            == (other.cin, other.cout, (&other.input_grid, &other.epilogue))
+            && same_params
     }
 }
 
@@ -80,7 +91,7 @@ thread_local! {
 impl Conv3x3 {
     /// The operator for OIHW `kernel` (`[cout, cin, 3, 3]`) and `bias` (`[cout]`, or one value
     /// for all).
-    pub fn new(kernel: &Tensor, bias: &Tensor, relu: bool) -> TractResult<Conv3x3> {
+    pub fn new(kernel: &Tensor, bias: &Tensor) -> TractResult<Conv3x3> {
         let &[cout, cin, 3, 3] = kernel.shape() else {
             bail!("a 3×3 OIHW kernel, got {:?}", kernel.shape());
         };
@@ -88,17 +99,19 @@ impl Conv3x3 {
         Ok(Conv3x3 {
             cin,
             cout,
-            relu,
+            input_grid: None,
+            epilogue: Vec::new(),
             packed,
         })
     }
 
     /// The operator for a `cin` → `cout` kernel and bias given as its last two inputs.
-    pub fn wired(cin: usize, cout: usize, relu: bool) -> Conv3x3 {
+    pub fn wired(cin: usize, cout: usize) -> Conv3x3 {
         Conv3x3 {
             cin,
             cout,
-            relu,
+            input_grid: None,
+            epilogue: Vec::new(),
             packed: None,
         }
     }
@@ -147,7 +160,11 @@ impl Conv3x3 {
                         match (from + r).checked_sub(1).filter(|&y| y < h) {
                             Some(y) => {
                                 d[0] = 0.0;
-                                d[1..=w].copy_from_slice(&src[y * w..][..w]);
+                                let row = &src[y * w..][..w];
+                                match &self.input_grid {
+                                    Some(grid) => grid.round_slice(row, &mut d[1..=w]),
+                                    None => d[1..=w].copy_from_slice(row),
+                                }
                                 d[w + 1..].fill(0.0);
                             }
                             None => d.fill(0.0),
@@ -173,7 +190,7 @@ impl Conv3x3 {
                                 let sums =
                                     kernel::sum(n, input, step, &taps, self.cin, weights, bias);
                                 let out = output.ptr().add((tile * CO * h + y) * w + x);
-                                kernel::store(sums, n, self.relu, out, h * w, channels, valid);
+                                kernel::store(sums, n, &self.epilogue, out, h * w, channels, valid);
                             }
                         }
                     }
@@ -191,8 +208,8 @@ impl Op for Conv3x3 {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{}→{} relu: {}",
-            self.cin, self.cout, self.relu
+            "{}→{}, input rounded to {:?}, then {:?}",
+            self.cin, self.cout, self.input_grid, self.epilogue
         )])
     }
 
@@ -311,8 +328,8 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Conv3x3>
         return Ok(None);
     }
     Ok(Some(match (&kernel.konst, &bias.konst) {
-        (Some(kernel), Some(bias)) => Conv3x3::new(kernel, bias, false)?,
-        _ => Conv3x3::wired(cin, cout, false),
+        (Some(kernel), Some(bias)) => Conv3x3::new(kernel, bias)?,
+        _ => Conv3x3::wired(cin, cout),
     }))
 }
 
@@ -341,8 +358,20 @@ pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
         let Some(mut op) = eligible(model, node)? else {
             return Ok(None);
         };
-        // A channel concatenation read by this convolution alone is done by its padded copy.
-        let source = model.node(node.inputs[0].node);
+        // A rounding to an 8-bit grid of the input, read by this convolution alone, is done by
+        // its padded copy; so is a channel concatenation that this convolution (or that
+        // rounding) alone reads.
+        let mut input = node.inputs[0];
+        let source = model.node(input.node);
+        if let Some(quantize) = source.inputs.first().map(|i| model.node(i.node)) {
+            if let Some((grid, dequantized)) = Grid::at(model, quantize)? {
+                if dequantized.id == source.id && only_reader(model, source)?.is_some() {
+                    op.input_grid = Some(grid);
+                    input = quantize.inputs[0];
+                }
+            }
+        }
+        let source = model.node(input.node);
         let concat = source
             .op_as::<TypedConcat>()
             .filter(|concat| concat.axis == 1)
@@ -350,20 +379,30 @@ pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
         let mut inputs: TVec<OutletId> = if concat && only_reader(model, source)?.is_some() {
             source.inputs.iter().copied().collect()
         } else {
-            tvec![node.inputs[0]]
+            tvec![input]
         };
         if op.packed.is_none() {
             inputs.extend_from_slice(&node.inputs[1..3]);
         }
-        // So is a ReLU that alone reads the convolution's output.
-        let mut output = OutletId::from(node.id);
-        if let Some(next) = only_reader(model, node)? {
-            if is_relu(model, next)? && next.inputs[0] == output {
-                op.relu = true;
-                output = next.id.into();
+        // So are the ReLUs and roundings to an 8-bit grid that follow it, each alone reading
+        // the one before.
+        let mut last = node;
+        while let Some(next) = only_reader(model, last)? {
+            if is_relu(model, next)? && next.inputs[0] == last.id.into() {
+                op.epilogue.push(Step::Relu);
+                last = next;
+            } else if let Some((grid, dequantized)) = Grid::at(model, next)? {
+                op.epilogue.push(Step::Grid(grid));
+                last = dequantized;
+            } else {
+                break;
             }
         }
-        Ok(Some((Box::new(op) as Box<dyn TypedOp>, inputs, output)))
+        Ok(Some((
+            Box::new(op) as Box<dyn TypedOp>,
+            inputs,
+            last.id.into(),
+        )))
     })
 }
 
@@ -428,13 +467,9 @@ mod tests {
 
     /// A graph of tract's convolution (3×3, padding 1, given strides) on `[1, cin, h, w]`,
     /// optionally followed by `max(x, 0)`.
-    fn graph(k: &Tensor, b: &Tensor, h: usize, w: usize, stride: usize, relu: bool) -> TypedModel {
-        let (cout, cin) = (k.shape()[0], k.shape()[1]);
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact([1, cin, h, w])).unwrap();
-        let k = model.add_const("k", k.clone()).unwrap();
-        let b = model.add_const("b", b.clone()).unwrap();
-        let conv = Conv {
+    /// tract's 3×3 convolution, padding 1.
+    fn conv_op(cin: usize, cout: usize, stride: usize) -> Conv {
+        Conv {
             pool_spec: PoolSpec {
                 data_format: DataFormat::NCHW,
                 kernel_shape: tvec!(3, 3),
@@ -447,7 +482,16 @@ mod tests {
             kernel_fmt: KernelFormat::OIHW,
             group: 1,
             q_params: None,
-        };
+        }
+    }
+
+    fn graph(k: &Tensor, b: &Tensor, h: usize, w: usize, stride: usize, relu: bool) -> TypedModel {
+        let (cout, cin) = (k.shape()[0], k.shape()[1]);
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, cin, h, w])).unwrap();
+        let k = model.add_const("k", k.clone()).unwrap();
+        let b = model.add_const("b", b.clone()).unwrap();
+        let conv = conv_op(cin, cout, stride);
         let mut out = model.wire_node("conv", conv, &[x, k, b]).unwrap();
         if relu {
             let zero = model.add_const("zero", tensor4(&[[[[0f32]]]])).unwrap();
@@ -644,6 +688,89 @@ mod tests {
         let one = run(model.clone(), &x, None);
         let two = run(model, &x, Some(Executor::multithread(2)));
         assert_eq!(one, two);
+    }
+
+    #[test]
+    fn the_int8_form_s_roundings_around_a_convolution_go_into_its_copy_and_store_bit_for_bit() {
+        use tract_core::ops::element_wise::ElementWiseOp;
+        use tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8};
+        if !kernel::available() {
+            return;
+        }
+        let (cin, cout, h, w) = (3, 6, 7, 19);
+        let k = tensor1(&values(cout * 2 * cin * 9, 2))
+            .into_shape(&[cout, 2 * cin, 3, 3])
+            .unwrap();
+        let b = tensor1(&values(cout, 3));
+        let x = tensor1(&values(cin * h * w, 4))
+            .into_shape(&[1, cin, h, w])
+            .unwrap();
+        // The int8 U-Nets' chain, Concat → Q → DQ → Conv → Q → DQ → Relu → Q → DQ, with levels
+        // that saturate (u8 at 40 per unit) and an i8 grid.
+        let mut model = TypedModel::default();
+        let mut wire = model.add_source("x", f32::fact([1, cin, h, w])).unwrap();
+        let rounded = |model: &mut TypedModel,
+                       name: &str,
+                       wire: OutletId,
+                       levels: Box<dyn ElementWiseMiniOp>,
+                       dq: DequantizeLinearF32| {
+            let q = model
+                .wire_node(format!("q {name}"), ElementWiseOp(levels, None), &[wire])
+                .unwrap();
+            model.wire_node(format!("dq {name}"), dq, &q).unwrap()[0]
+        };
+        let u8_levels = |scale, zero_point| Box::new(QuantizeLinearU8 { scale, zero_point });
+        let dq = |scale, zero_point| DequantizeLinearF32 { scale, zero_point };
+        wire = model
+            .wire_node("cat", TypedConcat::new(1), &[wire, wire])
+            .unwrap()[0];
+        wire = rounded(
+            &mut model,
+            "in",
+            wire,
+            u8_levels(30.0, 110),
+            dq(1.0 / 30.0, 110),
+        );
+        let (k, b) = (
+            model.add_const("k", k).unwrap(),
+            model.add_const("b", b).unwrap(),
+        );
+        let conv = conv_op(2 * cin, cout, 1);
+        wire = model.wire_node("conv", conv, &[wire, k, b]).unwrap()[0];
+        let conv = wire.node;
+        wire = rounded(
+            &mut model,
+            "out",
+            wire,
+            u8_levels(40.0, 127),
+            dq(0.025, 127),
+        );
+        let zero = model.add_const("zero", tensor4(&[[[[0f32]]]])).unwrap();
+        wire = model
+            .wire_node("relu", TypedBinOp(Box::new(Max), None), &[wire, zero])
+            .unwrap()[0];
+        let i8_levels = Box::new(QuantizeLinearI8 {
+            scale: 9.5,
+            zero_point: -4,
+        });
+        wire = rounded(&mut model, "relu", wire, i8_levels, dq(0.105, -4));
+        model.select_output_outlets(&[wire]).unwrap();
+        let mut fused = model.clone();
+        assert_eq!(replace(&mut fused).unwrap(), 1);
+        assert_eq!(ops(&fused), ["Conv3x3"]);
+        // With the convolution's input and output also read elsewhere, the chain stays tract's
+        // operators around ours: the same bits are wanted.
+        let rounded_input = model.node(conv).inputs[0];
+        model
+            .select_output_outlets(&[wire, conv.into(), rounded_input])
+            .unwrap();
+        assert_eq!(replace(&mut model).unwrap(), 1);
+        assert_eq!(ops(&model).len(), 9, "{:?}", ops(&model));
+        let (want, got) = (testing::run(model, &x, None), testing::run(fused, &x, None));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want));
+        let levels: std::collections::HashSet<u32> = bits(&got).into_iter().collect();
+        assert!(levels.len() > 10, "only {} distinct values", levels.len());
     }
 
     #[test]

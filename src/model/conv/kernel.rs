@@ -15,6 +15,8 @@ use std::arch::x86_64::*;
 use tract_core::internal::*;
 use tract_linalg::multithread::{current_tract_executor, Executor};
 
+use crate::model::quantize::Grid;
+
 /// Output channels per register tile.
 pub const CO: usize = 4;
 /// f32 lanes of one AVX register.
@@ -22,6 +24,15 @@ pub const LANES: usize = 8;
 
 /// The tile's sums: `[CO][3]` vectors, of which the first V of each channel are used.
 pub type Sums = [[__m256; 3]; CO];
+
+/// An element-wise step applied to a tile's sums in registers before [`store`] writes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Step {
+    /// `max(x, 0)`.
+    Relu,
+    /// A quantization to 8-bit levels and back (the QDQ form's activations).
+    Grid(Grid),
+}
 
 pub fn available() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
@@ -176,8 +187,9 @@ pub unsafe fn sum(
     }
 }
 
-/// Stores the first `n` vectors of the first `channels` of `sums` (after a ReLU if `relu`), of
-/// which the first `valid` values, at `out` and on, one plane of `plane` values per channel.
+/// Stores the first `n` vectors of the first `channels` of `sums` (after the steps of
+/// `epilogue`, in order), of which the first `valid` values, at `out` and on, one plane of
+/// `plane` values per channel.
 ///
 /// # Safety
 /// AVX2 is available; `out` is writable for `valid` values in each of `channels` planes.
@@ -185,16 +197,20 @@ pub unsafe fn sum(
 pub unsafe fn store(
     mut sums: Sums,
     n: usize,
-    relu: bool,
+    epilogue: &[Step],
     out: *mut f32,
     plane: usize,
     channels: usize,
     valid: usize,
 ) {
-    if relu {
-        let zero = _mm256_setzero_ps();
+    if !epilogue.is_empty() {
         for a in sums.iter_mut().flatten() {
-            *a = _mm256_max_ps(*a, zero);
+            for step in epilogue {
+                *a = match step {
+                    Step::Relu => _mm256_max_ps(*a, _mm256_setzero_ps()),
+                    Step::Grid(grid) => grid.round_avx2(*a),
+                };
+            }
         }
     }
     for (c, lane) in sums.iter().enumerate().take(channels) {

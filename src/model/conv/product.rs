@@ -10,16 +10,19 @@
 //! - where the first operand's rows are contiguous (`akm,kn->mn`, the common form after
 //!   tract's declutter), vectors run along them: [`kernel::sum`] reads 3 vectors of 8 rows in
 //!   place for each summed index and 4 of the constant's columns from its packed layout, as it
-//!   reads pixels and output channels in a convolution; the tile is transposed on its store;
+//!   reads pixels and output channels in a convolution; the tile is transposed on its store,
+//!   or stored as it is where the output is laid out `[columns][rows]`;
 //! - otherwise vectors run along the constant's columns, and each tile of 4 rows of the first
-//!   operand is gathered into the kernel's weight layout.
+//!   operand is gathered into the kernel's weight layout; the tile is transposed on its store
+//!   where the output is laid out `[columns][rows]` (`mbk,bkn->anm`, eight of the CLIPSeg
+//!   image graph's products).
 //!
 //! The bias of an `Add` that alone reads the product is added before the one store.
 //!
 //! Only f32 products whose second input is a constant, with one axis of each operand kept in
 //! the output (other than axes of size 1), the summed axes adjacent in the first input, the
-//! output laid out as `[rows][columns]`, and, for gathered tiles, a size where they are the
-//! faster (`MAX_FMAS`), are replaced; every other `EinSum` keeps tract's operator. Summation
+//! output laid out as `[rows][columns]` or `[columns][rows]`, and, for gathered tiles, a size
+//! where they are the faster (`MAX_FMAS`), are replaced; every other `EinSum` keeps tract's operator. Summation
 //! order differs from tract's and onnxruntime's, so results agree within float rounding.
 
 use std::arch::x86_64::*;
@@ -58,6 +61,10 @@ pub struct ConstProduct {
     /// and read in place; a tile holds 4 columns) or along the columns (a tile of 4 rows of the
     /// first operand is gathered).
     along_rows: bool,
+    /// Whether the output is laid out `[columns][rows]`: tiles along rows are then stored as
+    /// they are, a plane per column as a convolution stores its channels, and gathered tiles
+    /// are transposed on their store.
+    columns_first: bool,
     /// The constant: along rows, [`kernel::pack`]ed as `[column tile][k][CO]`; along columns,
     /// `[k][columns rounded up to whole vectors]`. Zero past `n`.
     b: Arc<[f32]>,
@@ -71,14 +78,15 @@ pub struct ConstProduct {
 /// Equal when they compute the same: the same geometry and bits of every parameter.
 impl PartialEq for ConstProduct {
     fn eq(&self, other: &ConstProduct) -> bool {
-        (self.m, self.k, self.n, self.a_m, self.a_k, self.along_rows)
+        let layout = (self.along_rows, self.columns_first);
+        (self.m, self.k, self.n, self.a_m, self.a_k, layout)
             == (
                 other.m,
                 other.k,
                 other.n,
                 other.a_m,
                 other.a_k,
-                other.along_rows,
+                (other.along_rows, other.columns_first),
             )
             && self.input_shape == other.input_shape
             && self.output_shape == other.output_shape
@@ -140,8 +148,13 @@ impl ConstProduct {
                 let bias = &self.bias[tile * CO..][..CO];
                 let sums = kernel::sum(n, a, step, &[0], self.k, weights, bias);
                 let columns = (self.n - tile * CO).min(CO);
-                let out = output.ptr().add(first * self.n + tile * CO);
-                store_transposed(&sums, n, out, self.n, columns, valid);
+                if self.columns_first {
+                    let out = output.ptr().add(tile * CO * self.m + first);
+                    kernel::store(sums, n, &[], out, self.m, columns, valid);
+                } else {
+                    let out = output.ptr().add(first * self.n + tile * CO);
+                    store_transposed(&sums, n, out, self.n, columns, valid);
+                }
             }
         }
     }
@@ -176,8 +189,13 @@ impl ConstProduct {
                         *s = _mm256_add_ps(*s, bias);
                     }
                 }
-                let out = output.ptr().add(tile * CO * self.n + column);
-                kernel::store(sums, n, false, out, self.n, rows, valid);
+                if self.columns_first {
+                    let out = output.ptr().add(column * self.m + tile * CO);
+                    store_transposed(&sums, n, out, self.m, rows, valid);
+                } else {
+                    let out = output.ptr().add(tile * CO * self.n + column);
+                    kernel::store(sums, n, &[], out, self.n, rows, valid);
+                }
             }
         }
     }
@@ -185,6 +203,7 @@ impl ConstProduct {
 
 /// Stores the first `n` vectors of `sums`, which hold [`CO`] columns × 8 rows each, as rows:
 /// of each of the first `valid` rows from `out` on, `row` values apart, the first `columns`.
+/// (Gathered tiles of a `[columns][rows]` output: [`CO`] rows × 8 columns each.)
 ///
 /// # Safety
 /// AVX2 is available; `out` is writable for `columns` values in each of `valid` rows.
@@ -339,7 +358,7 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(ConstPr
         }
     }
     // The row axes and the summed axes are each one run of the first input; the output is
-    // [rows][columns], the row axes in the same order as in the first input.
+    // [rows][columns] or [columns][rows], the row axes in the same order as in the first input.
     rows.sort_by_key(|r| r.0);
     summed.sort_by_key(|s| s.0);
     let a_strides = strides(a_shape);
@@ -347,9 +366,10 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(ConstPr
         axes.windows(2)
             .all(|w| a_strides[w[0].0.unwrap_or(0)] == w[1].3 * a_strides[w[1].0.unwrap_or(0)])
     };
-    let in_output: Vec<_> = rows.iter().chain(&columns).map(|p| p.2).collect();
-    let output_order = in_output.windows(2).all(|w| w[0] < w[1]);
-    if !one_run(&rows) || !one_run(&summed) || !output_order {
+    let in_order = |axes: Vec<&Place>| axes.windows(2).all(|w| w[0].2 < w[1].2);
+    let rows_first = in_order(rows.iter().chain(&columns).collect());
+    let columns_first = !rows_first && in_order(columns.iter().chain(&rows).collect());
+    if !one_run(&rows) || !one_run(&summed) || !(rows_first || columns_first) {
         return Ok(None);
     }
     let stride_in_a = |place: Option<&Place>| place.and_then(|p| p.0).map_or(0, |p| a_strides[p]);
@@ -410,6 +430,7 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(ConstPr
         a_m,
         a_k: stride_in_a(summed.last()),
         along_rows,
+        columns_first,
         b,
         bias: padded(&[]),
         input_shape: a_shape.into(),
@@ -531,6 +552,9 @@ mod tests {
             ("akm,kn->mn", 29, 9, 14),
             ("akm,kn->amn", 8, 12, 4),
             ("akxm,kn->xmn", 7, 9, 10),
+            ("mbk,bkn->anm", 29, 4, 14),
+            ("akm,n->anm", 5, 1, 9),
+            ("akm,kn->nm", 8, 8, 4),
         ] {
             for bias in [false, true] {
                 let mut model = graph(expr, lens(m, k, n), bias, true);
@@ -559,7 +583,7 @@ mod tests {
             'n' => 40,
             _ => 1,
         };
-        for expr in ["akm,kn->mn", "amk,kn->mn"] {
+        for expr in ["akm,kn->mn", "amk,kn->mn", "akm,kn->nm", "amk,kn->nm"] {
             let mut model = graph(expr, lens, true, true);
             assert_eq!(replace(&mut model).unwrap(), 1);
             let x = input(&model);
@@ -579,7 +603,7 @@ mod tests {
             _ => 1,
         };
         for (expr, constant) in [
-            ("akm,n->anm", true),   // columns before rows
+            ("kbm,kn->nmb", true),  // columns before rows, in another order
             ("bmk,bkn->bmn", true), // an axis kept from both
             ("kbm,kn->mbn", true),  // rows in another order
             ("mk,kn->mn", false),   // no constant
