@@ -1,7 +1,8 @@
-//! Direct convolutions and products with a constant matrix for x86-64 with AVX2 and FMA,
-//! swapped into decluttered graphs for tract's, on the micro-kernel of [`kernel`]: [`direct`]
-//! for 3×3, stride 1, padding 1 convolutions (with the channel concatenation before and the
-//! ReLU after them), [`product`] for the transformers' linear layers and the like (see there).
+//! Direct convolutions and matrix products for x86-64 with AVX2 and FMA, swapped into
+//! decluttered graphs for tract's, on the micro-kernel of [`kernel`]: [`direct`] for 3×3,
+//! stride 1, padding 1 convolutions (with the channel concatenation, ReLU and int8 roundings
+//! around them), [`product`] for products with a constant matrix, the transformers' linear
+//! layers and the like, and [`batched`] for the attention products (see each).
 //!
 //! The U-Nets are made of these, and tract ran them at 23–37 GFLOP/s on this project's x86
 //! machine (78 GFLOP/s peak per core): its direct spatial convolution for inputs of up to 64
@@ -18,6 +19,8 @@
 //! onnxruntime's, so results agree within float rounding (the parity tests' tolerances).
 
 #[cfg(target_arch = "x86_64")]
+pub mod batched;
+#[cfg(target_arch = "x86_64")]
 pub mod direct;
 #[cfg(target_arch = "x86_64")]
 pub mod kernel;
@@ -31,7 +34,8 @@ use tract_core::internal::*;
 pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
     #[cfg(target_arch = "x86_64")]
     if kernel::available() {
-        return Ok(direct::replace(model)? + product::replace(model)?);
+        let replaced = direct::replace(model)? + product::replace(model)?;
+        return Ok(replaced + batched::replace(model)?);
     }
     let _ = model;
     Ok(0)

@@ -46,6 +46,12 @@ const MAX_FMAS: usize = 1 << 20;
 /// See [`MAX_FMAS`].
 const SHORT_K: usize = 32;
 
+/// Whether gathered tiles would be slower than tract's kernel on an m × k by k × n product
+/// ([`MAX_FMAS`]).
+pub(super) fn too_large_to_gather(m: usize, k: usize, n: usize) -> bool {
+    k > SHORT_K && m * k * n > MAX_FMAS
+}
+
 /// `output[i][j] = Σ_k a(i, k) · b[k][j] + bias[j]`, `a` read with strides from the first
 /// input, `b` a constant.
 #[derive(Debug, Clone)]
@@ -114,8 +120,17 @@ impl ConstProduct {
                 self.row_blocks(input, &output, &blocks[from..to])
             });
         } else {
+            let gathered = Gathered {
+                m: self.m,
+                k: self.k,
+                n: self.n,
+                a_m: self.a_m,
+                a_k: self.a_k,
+                out_stride: if self.columns_first { self.m } else { self.n },
+                columns_first: self.columns_first,
+            };
             kernel::in_bands(self.m.div_ceil(CO), |from, to| unsafe {
-                self.tiles(input, &output, from, to)
+                gathered.tiles(input, &self.b, &self.bias, output.ptr(), from..to)
             });
         }
         Ok(())
@@ -158,20 +173,50 @@ impl ConstProduct {
             }
         }
     }
+}
 
-    /// Row tiles `from..to` of the product.
+/// A product whose first operand is gathered in tiles of [`CO`] rows, read at its strides, with
+/// vectors along the columns of a second operand laid out `[k][n rounded up to whole vectors]`
+/// (a constant packed once in [`ConstProduct`], each batch's operand packed at each run in
+/// [`super::batched`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Gathered {
+    /// Rows, summed length, columns.
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    /// Strides of the first operand's row and summed indices, in values.
+    pub a_m: usize,
+    pub a_k: usize,
+    /// The output's stride between rows, or between columns where `columns_first`; the other
+    /// index is contiguous.
+    pub out_stride: usize,
+    pub columns_first: bool,
+}
+
+impl Gathered {
+    /// Row tiles `tiles` of `a` times `b`, plus `bias` (one value per column, rounded up to whole
+    /// vectors), into `out`.
     ///
     /// # Safety
-    /// AVX2 and FMA are available; `input` holds every value the strides reach; `output` has
-    /// m·n values, and rows `from·CO..to·CO` are written by this call alone.
+    /// AVX2 and FMA are available; `a` holds every value the strides reach and `b` k rows of
+    /// whole vectors; `out` is writable at every row and column of the tiles, which this call
+    /// alone writes.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tiles(&self, input: &[f32], output: &Output, from: usize, to: usize) {
+    pub unsafe fn tiles(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: &[f32],
+        out: *mut f32,
+        tiles: std::ops::Range<usize>,
+    ) {
         let vectors = self.n.div_ceil(LANES);
         let step = vectors * LANES * 4;
         let mut tile_a = vec![0f32; self.k * CO];
-        for tile in from..to {
+        for tile in tiles {
             let rows = (self.m - tile * CO).min(CO);
-            let first = &input[tile * CO * self.a_m..];
+            let first = &a[tile * CO * self.a_m..];
             for (k, lanes) in tile_a.chunks_exact_mut(CO).enumerate() {
                 for (r, lane) in lanes.iter_mut().enumerate().take(rows) {
                     *lane = first[r * self.a_m + k * self.a_k];
@@ -181,20 +226,20 @@ impl ConstProduct {
                 let column = v * LANES;
                 let valid = (self.n - column).min(n * LANES);
                 // `b` has k rows of `vectors` whole vectors: n·8 values from `column` in each.
-                let b = self.b[column..].as_ptr();
+                let b = b[column..].as_ptr();
                 let mut sums = kernel::sum(n, b, step, &[0], self.k, &tile_a, &[0.0; CO]);
                 for lane in &mut sums {
                     for (j, s) in lane.iter_mut().take(n).enumerate() {
-                        let bias = _mm256_loadu_ps(self.bias[column + j * LANES..].as_ptr());
+                        let bias = _mm256_loadu_ps(bias[column + j * LANES..].as_ptr());
                         *s = _mm256_add_ps(*s, bias);
                     }
                 }
                 if self.columns_first {
-                    let out = output.ptr().add(column * self.m + tile * CO);
-                    store_transposed(&sums, n, out, self.m, rows, valid);
+                    let out = out.add(column * self.out_stride + tile * CO);
+                    store_transposed(&sums, n, out, self.out_stride, rows, valid);
                 } else {
-                    let out = output.ptr().add(tile * CO * self.n + column);
-                    kernel::store(sums, n, &[], out, self.n, rows, valid);
+                    let out = out.add(tile * CO * self.out_stride + column);
+                    kernel::store(sums, n, &[], out, self.out_stride, rows, valid);
                 }
             }
         }
@@ -297,7 +342,7 @@ impl TypedOp for ConstProduct {
 }
 
 /// Row-major strides of `shape`, in values.
-fn strides(shape: &[usize]) -> TVec<usize> {
+pub(super) fn strides(shape: &[usize]) -> TVec<usize> {
     let mut strides: TVec<usize> = tvec![1; shape.len()];
     for i in (0..shape.len().saturating_sub(1)).rev() {
         strides[i] = strides[i + 1] * shape[i + 1];
@@ -307,7 +352,7 @@ fn strides(shape: &[usize]) -> TVec<usize> {
 
 /// An axis of a product: its position in the first input, the second input and the output,
 /// and its length.
-type Place = (Option<usize>, Option<usize>, Option<usize>, usize);
+pub(super) type Place = (Option<usize>, Option<usize>, Option<usize>, usize);
 
 /// The operator for `node` if it is an eligible product, and the outlet it replaces (the
 /// product's, or that of the bias `Add` that alone reads it).
@@ -381,7 +426,7 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(ConstPr
     // along the columns (13 824 × 1 × 24: 190 against 119 µs).
     let a_m = stride_in_a(rows.last());
     let along_rows = a_m == 1 && m >= LANES && k >= LANES;
-    if !along_rows && k > SHORT_K && m * k * n > MAX_FMAS {
+    if !along_rows && too_large_to_gather(m, k, n) {
         return Ok(None);
     }
     let konst = konst.try_as_plain_ram()?;
