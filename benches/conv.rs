@@ -5,7 +5,10 @@
 //!   `conv3x3/<cin>-<cout>@<size>/<runtime>`; multiply–adds cin · cout · 9 · size²;
 //! - products with a constant matrix and their bias (`ConstProduct`), shapes from the
 //!   transformer graphs and the SAM-3D decoder, named `product/<einsum> <m>x<k>x<n>/<runtime>`;
-//!   multiply–adds m · k · n.
+//!   multiply–adds m · k · n;
+//! - attention products of two computed tensors (`BatchedProduct`), shapes from the CLIPSeg
+//!   image graph and the SAM encoder, named `batched/<einsum> <batches>x<m>x<k>x<n>/<runtime>`;
+//!   multiply–adds batches · m · k · n.
 //!
 //! Runtime is `tract` or `edgeseg`; GFLOP/s = 2 · multiply–adds / time. On CPUs without AVX2
 //! and FMA nothing is swapped and only the `tract` benchmarks run.
@@ -44,6 +47,16 @@ const PRODUCTS: [(&str, usize, usize, usize, bool); 9] = [
     ("k,nk->n", 1, 64, 64, true),
     ("akm,kn->mn", 13824, 16, 24, false),
     ("m,n->mn", 13824, 1, 24, false),
+];
+
+/// Attention products (einsum, lengths of the batch axes a and b, m, k, n): Q·Kᵀ and the
+/// weighted sum of V of the CLIPSeg image graph (4 heads of 65 tokens) and the SAM encoder
+/// (25 windows × 2 heads and 9 windows × 4 heads of 49 tokens).
+const BATCHED: [(&str, usize, usize, usize, usize, usize); 4] = [
+    ("mbk,nbk->bmn", 1, 4, 65, 16, 65),
+    ("bmk,kbn->mbn", 1, 4, 65, 65, 16),
+    ("ambk,anbk->abmn", 25, 2, 49, 16, 49),
+    ("abmk,akbn->ambn", 9, 4, 49, 49, 24),
 ];
 
 /// Values in −1..1 that do not repeat with any small period.
@@ -193,5 +206,48 @@ fn product(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, conv, product);
+fn batched(c: &mut Criterion) {
+    let mut group = c.benchmark_group("batched");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sampling_mode(SamplingMode::Flat);
+    for (expr, a, b, m, k, n) in BATCHED {
+        let len = |c: char| match c {
+            'a' => a,
+            'b' => b,
+            'm' => m,
+            'k' => k,
+            _ => n,
+        };
+        let shape = |letters: &str| letters.chars().map(len).collect::<TVec<usize>>();
+        let (x, y) = expr.split_once("->").unwrap().0.split_once(',').unwrap();
+        let operand = |letters: &str| {
+            let shape = shape(letters);
+            let values = values(shape.iter().product());
+            tensor1(&values).into_shape(&shape).unwrap().into_tvalue()
+        };
+        let inputs = tvec!(operand(x), operand(y));
+        for (runtime, swap) in [("tract", false), ("edgeseg", true)] {
+            let mut model = TypedModel::default();
+            let sources = [("x", x), ("y", y)]
+                .map(|(name, letters)| model.add_source(name, f32::fact(shape(letters))).unwrap());
+            let op = EinSum::new(expr.parse().unwrap(), f32::datum_type());
+            let product = model.wire_node("product", op, &sources).unwrap();
+            model.select_output_outlets(&product).unwrap();
+            if swap && edgeseg::model::conv::replace(&mut model).unwrap() == 0 {
+                continue;
+            }
+            let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+            let name = format!("batched/{expr} {}x{m}x{k}x{n}/{runtime}", a * b);
+            group.bench_function(name, |bench| {
+                bench.iter(|| plan.run(inputs.clone()).unwrap())
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, conv, product, batched);
 criterion_main!(benches);
