@@ -21,8 +21,8 @@ use std::cell::RefCell;
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
 
-use super::kernel::{self, Output, LANES};
-use super::product::{strides, too_large_to_gather, Gathered, Place};
+use super::kernel::{self, Output};
+use super::product::{padded_width, strides, too_large_to_gather, Gathered, Place};
 use crate::model::rewrite::replace_chains;
 
 /// `output[batch][i][j] = Σ_k a(batch, i, k) · b(batch, k, j)`, both inputs computed.
@@ -64,7 +64,8 @@ impl BatchedProduct {
         ensure!(reach(&b_batch, &lens) + reach(&[self.b_k, self.b_n], &[p.k, p.n]) < b.len());
         let rows = reach(&[p.out_stride, 1], &[p.m, p.n]);
         ensure!(reach(&o_batch, &lens) + rows < output.len());
-        let width = p.n.div_ceil(LANES) * LANES;
+        let width = padded_width(p.n);
+        let wide = kernel::wide();
         let zeros = vec![0f32; width];
         let output = Output(output.as_mut_ptr());
         kernel::in_bands(lens.iter().product(), |from, to| {
@@ -95,6 +96,7 @@ impl BatchedProduct {
                             &zeros,
                             out,
                             0..p.m.div_ceil(kernel::CO),
+                            wide,
                         );
                     }
                 }
@@ -328,27 +330,31 @@ mod tests {
             return;
         }
         // CLIPSeg's Q·Kᵀ and weighted sum of V, SAM's with two batch axes; rows that fill no
-        // tile and part of the last, columns of part of a vector and of 3 + 2 vectors and a
-        // part, sums of 2 and 49.
-        for (expr, m, k, n) in [
+        // tile and part of the last, of a tile pair and part of the next, columns of part of a
+        // vector and of 3 + 2 vectors and a part (of 8 lanes, or of 16), sums of 2 and 49.
+        let forms = [
             ("mbk,nbk->bmn", 13, 5, 11),
             ("bmk,kbn->mbn", 6, 13, 16),
             ("ambk,anbk->abmn", 3, 16, 49),
             ("abmk,akbn->ambn", 9, 49, 16),
             ("bmk,bkn->bmn", 4, 2, 3),
-        ] {
-            let mut model = graph(expr, lens(m, k, n));
-            let x = inputs(&model);
-            let want = run(model.clone(), &x, None);
-            assert_eq!(replace(&mut model).unwrap(), 1, "{expr}");
-            assert_eq!(
-                ops(&model),
-                ["Source", "Source", "BatchedProduct"],
-                "{expr}"
-            );
-            let got = run(model, &x, None);
-            assert_close(&got, &want, expr);
-        }
+            ("mbk,nbk->bmn", 10, 7, 81),
+        ];
+        kernel::tests::each_width(|width| {
+            for &(expr, m, k, n) in &forms {
+                let mut model = graph(expr, lens(m, k, n));
+                let x = inputs(&model);
+                let want = run(model.clone(), &x, None);
+                assert_eq!(replace(&mut model).unwrap(), 1, "{expr}");
+                assert_eq!(
+                    ops(&model),
+                    ["Source", "Source", "BatchedProduct"],
+                    "{expr}"
+                );
+                let got = run(model, &x, None);
+                assert_close(&got, &want, &format!("{expr}, {width}"));
+            }
+        });
     }
 
     #[test]

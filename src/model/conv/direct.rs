@@ -141,11 +141,14 @@ impl Conv3x3 {
         // Each band works on its own zero-bordered copy of the input rows it reads (its rows
         // and one more on each side), in the thread-local buffer of the thread running it, so
         // the copies are made in parallel too. Rows are `stride` long: w rounded up to whole
-        // vectors, plus the two border columns.
-        let stride = w.div_ceil(LANES) * LANES + 2;
+        // vectors, plus the two border columns. With AVX-512, blocks are of vectors of 16
+        // pixels and tiles go by pairs ([`kernel::sum_wide`]).
+        let wide = kernel::wide();
+        let lanes = if wide { kernel::WIDE_LANES } else { LANES };
+        let stride = w.div_ceil(lanes) * lanes + 2;
         let taps: [usize; 9] = std::array::from_fn(|t| ((t / 3) * stride + t % 3) * 4);
         let output = Output(output.as_mut_ptr());
-        let tile_weights = self.cin * 9 * CO;
+        let tiles = self.cout.div_ceil(CO);
         kernel::in_bands(h, |from, to| {
             PADDED.with_borrow_mut(|padded| {
                 let plane = (to - from + 2) * stride;
@@ -173,25 +176,37 @@ impl Conv3x3 {
                 }
                 let padded: &[f32] = padded;
                 for y in from..to {
-                    for (v, n) in kernel::blocks(w.div_ceil(LANES)) {
-                        let x = v * LANES;
+                    for (v, n) in kernel::blocks(w.div_ceil(lanes)) {
+                        let x = v * lanes;
                         let input = padded[(y - from) * stride + x..].as_ptr();
-                        let valid = (w - x).min(n * LANES);
-                        for tile in 0..self.cout.div_ceil(CO) {
-                            let weights = &params.weights[tile * tile_weights..][..tile_weights];
-                            let bias = &params.bias[tile * CO..][..CO];
+                        let valid = (w - x).min(n * lanes);
+                        let step = plane * 4;
+                        let store = |tile: usize, sums| {
                             let channels = (self.cout - tile * CO).min(CO);
-                            // SAFETY: the features were checked above; every tap of every
-                            // channel has n·8 values in `padded` (rows are whole vectors plus
-                            // the borders); row y of the output is this band's alone, and the
-                            // output has cout·h·w values.
+                            let vectors = n * lanes / LANES;
+                            // SAFETY: the features were checked above; row y of the output is
+                            // this band's alone, and the output has cout·h·w values.
                             unsafe {
-                                let step = plane * 4;
-                                let sums =
-                                    kernel::sum(n, input, step, &taps, self.cin, weights, bias);
                                 let out = output.ptr().add((tile * CO * h + y) * w + x);
-                                kernel::store(sums, n, &self.epilogue, out, h * w, channels, valid);
+                                kernel::store(
+                                    sums,
+                                    vectors,
+                                    &self.epilogue,
+                                    out,
+                                    h * w,
+                                    channels,
+                                    valid,
+                                )
                             }
+                        };
+                        // SAFETY: the features were checked above; every tap of every channel
+                        // has n·lanes values in `padded` (rows are whole vectors plus the
+                        // borders); the packed weights and bias hold whole tile pairs.
+                        unsafe {
+                            let (weights, bias) = (&params.weights[..], &params.bias[..]);
+                            kernel::each_tile(
+                                wide, n, input, step, &taps, self.cin, weights, bias, tiles, store,
+                            );
                         }
                     }
                 }
@@ -529,8 +544,9 @@ mod tests {
         if !kernel::available() {
             return;
         }
-        // Output channels that fill no tile, one, and part of the last; rows of 1, 13 and 17
-        // pixels (partial vectors) and of 8, 16, 24, 40 (blocks of 1, 2, 3 and 3 + 2 vectors).
+        // Output channels that fill no tile, one, part of the last, a pair and a half; rows of
+        // 1, 13, 17 and 33 pixels (partial vectors) and of 8, 16, 24, 40, 80 (blocks of 1, 2,
+        // 3 and 3 + 2 vectors of 8 or of 16 lanes).
         let shapes = [
             (1, 1, 1, 1),
             (3, 16, 5, 8),
@@ -539,29 +555,34 @@ mod tests {
             (5, 4, 2, 16),
             (3, 7, 4, 24),
             (2, 3, 6, 17),
+            (2, 12, 3, 80),
+            (3, 9, 4, 33),
         ];
-        for (n, &(cin, cout, h, w)) in shapes.iter().enumerate() {
-            for relu in [false, true] {
-                let (xv, kv, bv) = (
-                    values(cin * h * w, n),
-                    values(cout * cin * 9, n + 7),
-                    values(cout, n + 13),
-                );
-                let x = tensor1(&xv).into_shape(&[1, cin, h, w]).unwrap();
-                let k = tensor1(&kv).into_shape(&[cout, cin, 3, 3]).unwrap();
-                let mut model = graph(&k, &tensor1(&bv), h, w, 1, relu);
-                assert_eq!(replace(&mut model).unwrap(), 1);
-                assert_eq!(
-                    ops(&model),
-                    ["Conv3x3"],
-                    "the ReLU is taken into the convolution"
-                );
-                let got = run(model, &x, None);
-                assert_eq!(got.shape(), [1, cout, h, w]);
-                let want = direct(&xv, &kv, &bv, cin, cout, h, w, relu);
-                assert_close(&got, &want, &format!("{cin}→{cout} {h}×{w} relu {relu}"));
+        kernel::tests::each_width(|width| {
+            for (n, &(cin, cout, h, w)) in shapes.iter().enumerate() {
+                for relu in [false, true] {
+                    let (xv, kv, bv) = (
+                        values(cin * h * w, n),
+                        values(cout * cin * 9, n + 7),
+                        values(cout, n + 13),
+                    );
+                    let x = tensor1(&xv).into_shape(&[1, cin, h, w]).unwrap();
+                    let k = tensor1(&kv).into_shape(&[cout, cin, 3, 3]).unwrap();
+                    let mut model = graph(&k, &tensor1(&bv), h, w, 1, relu);
+                    assert_eq!(replace(&mut model).unwrap(), 1);
+                    assert_eq!(
+                        ops(&model),
+                        ["Conv3x3"],
+                        "the ReLU is taken into the convolution"
+                    );
+                    let got = run(model, &x, None);
+                    assert_eq!(got.shape(), [1, cout, h, w]);
+                    let want = direct(&xv, &kv, &bv, cin, cout, h, w, relu);
+                    let what = format!("{cin}→{cout} {h}×{w} relu {relu}, {width}");
+                    assert_close(&got, &want, &what);
+                }
             }
-        }
+        });
     }
 
     #[test]

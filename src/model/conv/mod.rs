@@ -10,8 +10,11 @@
 //! separate passes. Here the output is computed straight from the input in NCHW, with no im2col
 //! buffer and no layout change: 48–71 GFLOP/s, 2.9–4.5× tract's speed on the U-Nets' 128-pixel
 //! rows and 1.5–1.75× on 64-pixel rows, but only 0.9–1.2× on 32- and 16-pixel rows, where a
-//! block holds 2 vectors (`cargo bench --bench conv`). With more than one thread in the graph's
-//! pool (`engine::graph_threads`), rows are split into one band per thread.
+//! block holds 2 vectors (`cargo bench --bench conv`). Where the CPU has AVX-512, blocks are of
+//! 16-lane vectors and 8 output channels ([`kernel::sum_wide`]): on a Zen 5 core, whose AVX-512
+//! kernels in tract outran the AVX2 ones here on 32- and 16-pixel rows, this is 1.0–4.5× tract's
+//! speed on every U-Net layer. With more than one thread in the graph's pool
+//! (`engine::graph_threads`), rows are split into one band per thread.
 //!
 //! Only f32, 2D, NCHW, batch 1, one group convolutions are replaced, and only where the CPU has
 //! AVX2 and FMA; every other convolution, and every convolution and product on other CPUs (Arm
