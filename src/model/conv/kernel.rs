@@ -110,7 +110,7 @@ unsafe fn sum_v<const V: usize>(
 ) -> Sums {
     debug_assert!(cin >= 1 && !taps.is_empty() && weights.len() >= taps.len() * cin * CO);
     debug_assert!(bias.len() >= CO);
-    let mut acc = std::mem::MaybeUninit::<Sums>::zeroed();
+    let mut acc = std::mem::MaybeUninit::<Sums>::uninit();
     std::arch::asm!(
         "vbroadcastss ymm0, dword ptr [{bias} + 0]",
         ".if {v} > 1", "vmovaps ymm1, ymm0", ".endif",
@@ -156,17 +156,29 @@ unsafe fn sum_v<const V: usize>(
         "dec {t}",
         "jnz 2b",
         "vmovups [{acc} + 0], ymm0",
-        ".if {v} > 1", "vmovups [{acc} + 32], ymm1", ".endif",
-        ".if {v} > 2", "vmovups [{acc} + 64], ymm2", ".endif",
+        ".if {v} > 1", "vmovups [{acc} + 32], ymm1", ".else", "vmovups [{acc} + 32], ymm0", ".endif",
+        ".if {v} > 2", "vmovups [{acc} + 64], ymm2", ".else", "vmovups [{acc} + 64], ymm0", ".endif",
+        "vmovups [{acc} + 96], ymm0",
+        "vmovups [{acc} + 128], ymm0",
+        "vmovups [{acc} + 160], ymm0",
         "vmovups [{acc} + 192], ymm3",
-        ".if {v} > 1", "vmovups [{acc} + 224], ymm4", ".endif",
-        ".if {v} > 2", "vmovups [{acc} + 256], ymm5", ".endif",
+        ".if {v} > 1", "vmovups [{acc} + 224], ymm4", ".else", "vmovups [{acc} + 224], ymm3", ".endif",
+        ".if {v} > 2", "vmovups [{acc} + 256], ymm5", ".else", "vmovups [{acc} + 256], ymm3", ".endif",
+        "vmovups [{acc} + 288], ymm3",
+        "vmovups [{acc} + 320], ymm3",
+        "vmovups [{acc} + 352], ymm3",
         "vmovups [{acc} + 384], ymm6",
-        ".if {v} > 1", "vmovups [{acc} + 416], ymm7", ".endif",
-        ".if {v} > 2", "vmovups [{acc} + 448], ymm8", ".endif",
+        ".if {v} > 1", "vmovups [{acc} + 416], ymm7", ".else", "vmovups [{acc} + 416], ymm6", ".endif",
+        ".if {v} > 2", "vmovups [{acc} + 448], ymm8", ".else", "vmovups [{acc} + 448], ymm6", ".endif",
+        "vmovups [{acc} + 480], ymm6",
+        "vmovups [{acc} + 512], ymm6",
+        "vmovups [{acc} + 544], ymm6",
         "vmovups [{acc} + 576], ymm9",
-        ".if {v} > 1", "vmovups [{acc} + 608], ymm10", ".endif",
-        ".if {v} > 2", "vmovups [{acc} + 640], ymm11", ".endif",
+        ".if {v} > 1", "vmovups [{acc} + 608], ymm10", ".else", "vmovups [{acc} + 608], ymm9", ".endif",
+        ".if {v} > 2", "vmovups [{acc} + 640], ymm11", ".else", "vmovups [{acc} + 640], ymm9", ".endif",
+        "vmovups [{acc} + 672], ymm9",
+        "vmovups [{acc} + 704], ymm9",
+        "vmovups [{acc} + 736], ymm9",
         v = const V,
         acc = in(reg) acc.as_mut_ptr(),
         bias = in(reg) bias.as_ptr(),
@@ -184,7 +196,7 @@ unsafe fn sum_v<const V: usize>(
         out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
         options(nostack),
     );
-    // SAFETY: zeroed, then the first V vectors of each channel written.
+    // SAFETY: the assembly writes every vector: the block's V, then copies of the first.
     acc.assume_init()
 }
 
@@ -230,7 +242,7 @@ unsafe fn sum_wide_v<const V: usize>(
     let tile = taps.len() * cin * CO;
     debug_assert!(cin >= 1 && tile > 0 && weights.len() >= 2 * tile && bias.len() >= 2 * CO);
     // Channel c's vectors of 16 lanes from byte 192·c on.
-    let mut acc = std::mem::MaybeUninit::<[Sums; 2]>::zeroed();
+    let mut acc = std::mem::MaybeUninit::<[Sums; 2]>::uninit();
     std::arch::asm!(
         "vbroadcastss zmm0, dword ptr [{bias} + 0]",
         ".if {v} > 1", "vmovaps zmm1, zmm0", ".endif",
@@ -305,29 +317,29 @@ unsafe fn sum_wide_v<const V: usize>(
         "dec {t}",
         "jnz 2b",
         "vmovups [{acc} + 0], zmm0",
-        ".if {v} > 1", "vmovups [{acc} + 64], zmm1", ".endif",
-        ".if {v} > 2", "vmovups [{acc} + 128], zmm2", ".endif",
+        ".if {v} > 1", "vmovups [{acc} + 64], zmm1", ".else", "vmovups [{acc} + 64], zmm0", ".endif",
+        ".if {v} > 2", "vmovups [{acc} + 128], zmm2", ".else", "vmovups [{acc} + 128], zmm0", ".endif",
         "vmovups [{acc} + 192], zmm3",
-        ".if {v} > 1", "vmovups [{acc} + 256], zmm4", ".endif",
-        ".if {v} > 2", "vmovups [{acc} + 320], zmm5", ".endif",
+        ".if {v} > 1", "vmovups [{acc} + 256], zmm4", ".else", "vmovups [{acc} + 256], zmm3", ".endif",
+        ".if {v} > 2", "vmovups [{acc} + 320], zmm5", ".else", "vmovups [{acc} + 320], zmm3", ".endif",
         "vmovups [{acc} + 384], zmm6",
-        ".if {v} > 1", "vmovups [{acc} + 448], zmm7", ".endif",
-        ".if {v} > 2", "vmovups [{acc} + 512], zmm8", ".endif",
+        ".if {v} > 1", "vmovups [{acc} + 448], zmm7", ".else", "vmovups [{acc} + 448], zmm6", ".endif",
+        ".if {v} > 2", "vmovups [{acc} + 512], zmm8", ".else", "vmovups [{acc} + 512], zmm6", ".endif",
         "vmovups [{acc} + 576], zmm9",
-        ".if {v} > 1", "vmovups [{acc} + 640], zmm10", ".endif",
-        ".if {v} > 2", "vmovups [{acc} + 704], zmm11", ".endif",
+        ".if {v} > 1", "vmovups [{acc} + 640], zmm10", ".else", "vmovups [{acc} + 640], zmm9", ".endif",
+        ".if {v} > 2", "vmovups [{acc} + 704], zmm11", ".else", "vmovups [{acc} + 704], zmm9", ".endif",
         "vmovups [{acc} + 768], zmm12",
-        ".if {v} > 1", "vmovups [{acc} + 832], zmm13", ".endif",
-        ".if {v} > 2", "vmovups [{acc} + 896], zmm14", ".endif",
+        ".if {v} > 1", "vmovups [{acc} + 832], zmm13", ".else", "vmovups [{acc} + 832], zmm12", ".endif",
+        ".if {v} > 2", "vmovups [{acc} + 896], zmm14", ".else", "vmovups [{acc} + 896], zmm12", ".endif",
         "vmovups [{acc} + 960], zmm15",
-        ".if {v} > 1", "vmovups [{acc} + 1024], zmm16", ".endif",
-        ".if {v} > 2", "vmovups [{acc} + 1088], zmm17", ".endif",
+        ".if {v} > 1", "vmovups [{acc} + 1024], zmm16", ".else", "vmovups [{acc} + 1024], zmm15", ".endif",
+        ".if {v} > 2", "vmovups [{acc} + 1088], zmm17", ".else", "vmovups [{acc} + 1088], zmm15", ".endif",
         "vmovups [{acc} + 1152], zmm18",
-        ".if {v} > 1", "vmovups [{acc} + 1216], zmm19", ".endif",
-        ".if {v} > 2", "vmovups [{acc} + 1280], zmm20", ".endif",
+        ".if {v} > 1", "vmovups [{acc} + 1216], zmm19", ".else", "vmovups [{acc} + 1216], zmm18", ".endif",
+        ".if {v} > 2", "vmovups [{acc} + 1280], zmm20", ".else", "vmovups [{acc} + 1280], zmm18", ".endif",
         "vmovups [{acc} + 1344], zmm21",
-        ".if {v} > 1", "vmovups [{acc} + 1408], zmm22", ".endif",
-        ".if {v} > 2", "vmovups [{acc} + 1472], zmm23", ".endif",
+        ".if {v} > 1", "vmovups [{acc} + 1408], zmm22", ".else", "vmovups [{acc} + 1408], zmm21", ".endif",
+        ".if {v} > 2", "vmovups [{acc} + 1472], zmm23", ".else", "vmovups [{acc} + 1472], zmm21", ".endif",
         v = const V,
         acc = in(reg) acc.as_mut_ptr(),
         bias = in(reg) bias.as_ptr(),
@@ -350,7 +362,7 @@ unsafe fn sum_wide_v<const V: usize>(
         out("zmm28") _,
         options(nostack),
     );
-    // SAFETY: zeroed, then the first 2·V vectors of 8 lanes of each channel written.
+    // SAFETY: as in `sum_v`, in vectors of 16 lanes.
     acc.assume_init()
 }
 
@@ -399,7 +411,7 @@ pub unsafe fn each_tile(
     weights: &[f32],
     bias: &[f32],
     tiles: usize,
-    mut each: impl FnMut(usize, Sums),
+    mut each: impl FnMut(usize, &Sums),
 ) {
     let tile = taps.len() * cin * CO;
     if wide {
@@ -407,9 +419,9 @@ pub unsafe fn each_tile(
             let weights = &weights[first * tile..][..2 * tile];
             let bias = &bias[first * CO..][..2 * CO];
             let [low, high] = sum_wide(n, input, step, taps, cin, weights, bias);
-            each(first, low);
+            each(first, &low);
             if first + 1 < tiles {
-                each(first + 1, high);
+                each(first + 1, &high);
             }
         }
     } else {
@@ -417,7 +429,7 @@ pub unsafe fn each_tile(
             let weights = &weights[t * tile..][..tile];
             each(
                 t,
-                sum(n, input, step, taps, cin, weights, &bias[t * CO..][..CO]),
+                &sum(n, input, step, taps, cin, weights, &bias[t * CO..][..CO]),
             );
         }
     }
@@ -431,7 +443,7 @@ pub unsafe fn each_tile(
 /// AVX2 is available; `out` is writable for `valid` values in each of `channels` planes.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn store(
-    mut sums: Sums,
+    sums: &Sums,
     n: usize,
     epilogue: &[Step],
     out: *mut f32,
@@ -439,23 +451,17 @@ pub unsafe fn store(
     channels: usize,
     valid: usize,
 ) {
-    if !epilogue.is_empty() {
-        for a in sums.iter_mut().flatten() {
-            for step in epilogue {
-                *a = match step {
-                    Step::Relu => _mm256_max_ps(*a, _mm256_setzero_ps()),
-                    Step::Grid(grid) => grid.round_avx2(*a),
-                };
-            }
-        }
-    }
     for (c, lane) in sums.iter().enumerate().take(channels) {
         let dst = out.add(c * plane);
-        for (v, a) in lane.iter().take(n).enumerate() {
+        for (v, &a) in lane.iter().take(n).enumerate() {
+            let a = epilogue.iter().fold(a, |a, step| match step {
+                Step::Relu => _mm256_max_ps(a, _mm256_setzero_ps()),
+                Step::Grid(grid) => grid.round_avx2(a),
+            });
             match valid.saturating_sub(v * LANES) {
                 0 => break,
-                left if left >= LANES => _mm256_storeu_ps(dst.add(v * LANES), *a),
-                left => _mm256_maskstore_ps(dst.add(v * LANES), first_lanes(left), *a),
+                left if left >= LANES => _mm256_storeu_ps(dst.add(v * LANES), a),
+                left => _mm256_maskstore_ps(dst.add(v * LANES), first_lanes(left), a),
             }
         }
     }

@@ -174,7 +174,7 @@ impl ConstProduct {
                 }
                 (tail.as_ptr(), n * lanes * 4)
             };
-            let store = |tile: usize, sums| {
+            let store = |tile: usize, sums: &kernel::Sums| {
                 let columns = (self.n - tile * CO).min(CO);
                 let vectors = n * lanes / LANES;
                 if self.columns_first {
@@ -182,7 +182,7 @@ impl ConstProduct {
                     kernel::store(sums, vectors, &[], out, self.m, columns, valid);
                 } else {
                     let out = output.ptr().add(first * self.n + tile * CO);
-                    store_transposed(&sums, vectors, out, self.n, columns, valid);
+                    store_transposed(sums, vectors, out, self.n, columns, valid);
                 }
             };
             let (weights, bias) = (&self.b[..], &self.bias[..]);
@@ -254,7 +254,8 @@ impl Gathered {
                 // `b` has k rows of `width` values: n·lanes values from `column` in each.
                 let b = b[column..].as_ptr();
                 let zero = [0.0; 2 * CO];
-                let each = |i: usize, mut sums: kernel::Sums| {
+                let each = |i: usize, sums: &kernel::Sums| {
+                    let mut sums = *sums;
                     let tile = first + i;
                     for lane in &mut sums {
                         for (j, s) in lane.iter_mut().take(vectors).enumerate() {
@@ -267,7 +268,7 @@ impl Gathered {
                         store_transposed(&sums, vectors, out, self.out_stride, rows(tile), valid);
                     } else {
                         let out = out.add(tile * CO * self.out_stride + column);
-                        kernel::store(sums, vectors, &[], out, self.out_stride, rows(tile), valid);
+                        kernel::store(&sums, vectors, &[], out, self.out_stride, rows(tile), valid);
                     }
                 };
                 kernel::each_tile(wide, n, b, step, &[0], self.k, &tile_a, &zero, count, each);
