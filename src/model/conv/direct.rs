@@ -181,7 +181,7 @@ impl Conv3x3 {
                         let input = padded[(y - from) * stride + x..].as_ptr();
                         let valid = (w - x).min(n * lanes);
                         let step = plane * 4;
-                        let store = |tile: usize, sums: &kernel::Sums| {
+                        let store = |tile: usize, sums: &mut kernel::Sums| {
                             let channels = (self.cout - tile * CO).min(CO);
                             let vectors = n * lanes / LANES;
                             // SAFETY: the features were checked above; row y of the output is

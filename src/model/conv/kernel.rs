@@ -411,17 +411,17 @@ pub unsafe fn each_tile(
     weights: &[f32],
     bias: &[f32],
     tiles: usize,
-    mut each: impl FnMut(usize, &Sums),
+    mut each: impl FnMut(usize, &mut Sums),
 ) {
     let tile = taps.len() * cin * CO;
     if wide {
         for first in (0..tiles).step_by(2) {
             let weights = &weights[first * tile..][..2 * tile];
             let bias = &bias[first * CO..][..2 * CO];
-            let [low, high] = sum_wide(n, input, step, taps, cin, weights, bias);
-            each(first, &low);
+            let [mut low, mut high] = sum_wide(n, input, step, taps, cin, weights, bias);
+            each(first, &mut low);
             if first + 1 < tiles {
-                each(first + 1, &high);
+                each(first + 1, &mut high);
             }
         }
     } else {
@@ -429,7 +429,7 @@ pub unsafe fn each_tile(
             let weights = &weights[t * tile..][..tile];
             each(
                 t,
-                &sum(n, input, step, taps, cin, weights, &bias[t * CO..][..CO]),
+                &mut sum(n, input, step, taps, cin, weights, &bias[t * CO..][..CO]),
             );
         }
     }

@@ -174,7 +174,7 @@ impl ConstProduct {
                 }
                 (tail.as_ptr(), n * lanes * 4)
             };
-            let store = |tile: usize, sums: &kernel::Sums| {
+            let store = |tile: usize, sums: &mut kernel::Sums| {
                 let columns = (self.n - tile * CO).min(CO);
                 let vectors = n * lanes / LANES;
                 if self.columns_first {
@@ -254,10 +254,9 @@ impl Gathered {
                 // `b` has k rows of `width` values: n·lanes values from `column` in each.
                 let b = b[column..].as_ptr();
                 let zero = [0.0; 2 * CO];
-                let each = |i: usize, sums: &kernel::Sums| {
-                    let mut sums = *sums;
+                let each = |i: usize, sums: &mut kernel::Sums| {
                     let tile = first + i;
-                    for lane in &mut sums {
+                    for lane in sums.iter_mut() {
                         for (j, s) in lane.iter_mut().take(vectors).enumerate() {
                             let bias = _mm256_loadu_ps(bias[column + j * LANES..].as_ptr());
                             *s = _mm256_add_ps(*s, bias);
@@ -265,10 +264,10 @@ impl Gathered {
                     }
                     if self.columns_first {
                         let out = out.add(column * self.out_stride + tile * CO);
-                        store_transposed(&sums, vectors, out, self.out_stride, rows(tile), valid);
+                        store_transposed(sums, vectors, out, self.out_stride, rows(tile), valid);
                     } else {
                         let out = out.add(tile * CO * self.out_stride + column);
-                        kernel::store(&sums, vectors, &[], out, self.out_stride, rows(tile), valid);
+                        kernel::store(sums, vectors, &[], out, self.out_stride, rows(tile), valid);
                     }
                 };
                 kernel::each_tile(wide, n, b, step, &[0], self.k, &tile_a, &zero, count, each);
