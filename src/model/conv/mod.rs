@@ -1,8 +1,9 @@
 //! Direct convolutions and matrix products for x86-64 with AVX2 and FMA, swapped into
 //! decluttered graphs for tract's, on the micro-kernel of [`kernel`]: [`direct`] for 3×3,
 //! stride 1, padding 1 convolutions (with the channel concatenation, ReLU and int8 roundings
-//! around them), [`product`] for products with a constant matrix, the transformers' linear
-//! layers and the like, and [`batched`] for the attention products (see each).
+//! around them), [`transposed`] for 2×2, stride 2 transposed convolutions, [`product`] for
+//! products with a constant matrix, the transformers' linear layers and the like, and
+//! [`batched`] for the attention products (see each).
 //!
 //! The U-Nets are made of these, and tract ran them at 23–37 GFLOP/s on this project's x86
 //! machine (78 GFLOP/s peak per core): its direct spatial convolution for inputs of up to 64
@@ -29,6 +30,8 @@ pub mod direct;
 pub mod kernel;
 #[cfg(target_arch = "x86_64")]
 pub mod product;
+#[cfg(target_arch = "x86_64")]
+pub mod transposed;
 
 use tract_core::internal::*;
 
@@ -37,8 +40,8 @@ use tract_core::internal::*;
 pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
     #[cfg(target_arch = "x86_64")]
     if kernel::available() {
-        let replaced = direct::replace(model)? + product::replace(model)?;
-        return Ok(replaced + batched::replace(model)?);
+        let replaced = direct::replace(model)? + transposed::replace(model)?;
+        return Ok(replaced + product::replace(model)? + batched::replace(model)?);
     }
     let _ = model;
     Ok(0)
