@@ -8,12 +8,12 @@
 //! channel for 4·V FMAs, so at V = 3 the FMA units, not the loads, set the pace. It is written
 //! in assembly because with intrinsics the compiler hoisted the loads of later taps and spilled
 //! accumulators to the stack on every tap: 50 GFLOP/s over the U-Nets' layers against 58–60
-//! for this loop, on a 78 GFLOP/s core (30 with the taps looped outside the channels).
+//! for this loop, on a 78 GFLOP/s Zen 3 core (30 with the taps looped outside the channels).
 //!
 //! [`sum_wide`] is the same loop on AVX-512's 32 registers of 16 lanes, for a pair of tiles:
 //! 8 output channels × V vectors of 16 pixels, 24 accumulators (zmm0–23), V input vectors
 //! (zmm24–26) and two broadcasts (zmm27–28). On a Zen 5 core it ran the U-Nets' 3×3 layers
-//! 1.2–1.7× faster than [`sum`], and unlike [`sum`] faster than tract's own AVX-512 kernels on
+//! 1.5–2.1× faster than [`sum`], and unlike [`sum`] faster than tract's own AVX-512 kernels on
 //! every layer (`cargo bench --bench conv`). [`each_tile`] picks one or the other; the packing
 //! lays tiles out in whole pairs for both.
 
