@@ -32,8 +32,11 @@ use crate::histogram::Histogram;
 type Plan = Arc<TypedRunnableModel>;
 
 /// Multiply–adds per run that earn a graph one more thread (see the module doc; measured on
-/// this project's graphs with `edgeseg bench --threads 1,2`, docs/performance.md).
-pub const FMAS_PER_THREAD: u64 = 200_000_000;
+/// this project's graphs with `edgeseg bench --threads 1,2`, docs/performance.md). 200 M until
+/// the two-way splits of our operators ran on a spinning helper (`conv::helper`); since then
+/// the SAM-3D graphs (156 M and 172 M) gain 1.3× from a second thread, the SAM encoder about
+/// nothing, and smaller graphs lose.
+pub const FMAS_PER_THREAD: u64 = 75_000_000;
 
 /// The threads a graph of `fmas` multiply–adds runs on when `threads` are allowed.
 pub fn graph_threads(threads: usize, fmas: u64) -> usize {

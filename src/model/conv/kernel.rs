@@ -22,6 +22,7 @@ use std::arch::x86_64::*;
 use tract_core::internal::*;
 use tract_linalg::multithread::{current_tract_executor, Executor};
 
+use super::helper;
 use crate::model::quantize::Grid;
 
 /// Output channels per register tile.
@@ -492,10 +493,16 @@ pub fn blocks(vectors: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 /// Runs `band(from, to)` over `0..rows`: in one band per thread of the calling thread's tract
-/// executor when it has more than one, else in one band on this thread.
+/// executor when it has more than one, else in one band on this thread. Two bands run on this
+/// thread and the spinning [`helper`] (the common case: two cores), more on the executor's
+/// pool.
 pub fn in_bands(rows: usize, band: impl Fn(usize, usize) + Sync) {
     match current_tract_executor() {
-        Executor::MultiThread(pool) if pool.current_num_threads() > 1 && rows > 1 => {
+        Executor::MultiThread(pool) if pool.current_num_threads() == 2 && rows > 1 => {
+            let half = rows / 2;
+            helper::split(|| band(0, half), || band(half, rows));
+        }
+        Executor::MultiThread(pool) if pool.current_num_threads() > 2 && rows > 1 => {
             let bands = pool.current_num_threads().min(rows);
             let band = &band;
             pool.scope(|s| {

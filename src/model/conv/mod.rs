@@ -29,6 +29,8 @@ pub mod batched;
 #[cfg(target_arch = "x86_64")]
 pub mod direct;
 #[cfg(target_arch = "x86_64")]
+pub mod helper;
+#[cfg(target_arch = "x86_64")]
 pub mod kernel;
 #[cfg(target_arch = "x86_64")]
 pub mod product;
