@@ -5,15 +5,15 @@
 //! Each is small: 65 × 16 by 16 × 65 for each of 4 heads in the CLIPSeg image graph, 49 × 16
 //! by 16 × 49 for each of 50 windows and heads in the SAM encoder. tract packs both operands of
 //! every batch and runs them at 14–31 GFLOP/s (operator profile, 1 thread, x86-64). Here, for
-//! each batch, the second operand is laid out `[k][n rounded up to whole vectors]` once, and
-//! `Gathered::tiles` (the gathered form of [`super::product`]) gathers tiles of 4 rows of
-//! the first operand at its strides and sums them against it on the convolution's
-//! micro-kernel. Batches are split into one band per thread of the graph's pool.
+//! each batch, the second operand is laid out `[k][n rounded up to whole vectors of 16]` once,
+//! and `Gathered::tiles` (the gathered form of [`super::product`]) gathers tiles of 4 rows of
+//! the first operand (8 with AVX-512) at its strides and sums them against it on the
+//! convolution's micro-kernels. Batches are split into one band per thread of the graph's pool.
 //!
 //! Only f32 products with both inputs computed are replaced, with one row axis, one summed
 //! axis and one column axis (other than axes of size 1), every other axis kept from both
 //! inputs (a batch), the columns contiguous in the output, and each batch of a size where
-//! gathered tiles are the faster (`product::MAX_FMAS`). Every other `EinSum` keeps tract's
+//! gathered tiles are the faster (`product::MAX_FMAS`, any size with AVX-512). Every other `EinSum` keeps tract's
 //! operator. Summation order differs from tract's, so results agree within float rounding.
 
 use std::cell::RefCell;

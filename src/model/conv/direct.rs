@@ -4,11 +4,11 @@
 //! (`Concat → Q → DQ → Conv → Q → DQ → Relu → Q → DQ` in the int8 U-Nets).
 //!
 //! Each band of rows first copies the input rows it reads into a zero-bordered buffer (the
-//! parts of a concatenation one after another, rounded to the 8-bit grid if the input's pair was
-//! taken in), so no tap needs an edge test; each output row
-//! is then cut into blocks ([`kernel::blocks`]) that [`kernel::sum`] sums over the 9 taps and
-//! every input channel, and bias, ReLU and roundings to the 8-bit grid are applied in registers
-//! before the one store, bit-identical to the operators they replace.
+//! parts of a concatenation one after another, rounded to the 8-bit grid if the input's pair
+//! was taken in), so no tap needs an edge test; each output row is then cut into blocks
+//! ([`kernel::blocks`]) that [`kernel::each_tile`] sums over the 9 taps and every input
+//! channel, and bias, ReLU and roundings to the 8-bit grid are applied in registers before the
+//! one store, bit-identical to the operators they replace.
 
 use std::cell::RefCell;
 
@@ -61,7 +61,7 @@ impl Packed {
         let bias = bias.try_as_plain_ram()?;
         Ok(Packed {
             weights: kernel::pack(kernel.as_slice::<f32>()?, cout, cin, 9),
-            bias: kernel::tile_bias(bias.as_slice::<f32>()?, cout)?,
+            bias: kernel::tile_bias(bias.as_slice::<f32>()?, cout, 1)?,
         })
     }
 }

@@ -81,17 +81,18 @@ pub fn tiles(cout: usize) -> usize {
     cout.div_ceil(2 * CO) * 2
 }
 
-/// A bias (`[cout]`, or one value for all) laid out for [`sum`]: one value per output channel,
-/// zero past the last to fill the last tile pair.
-pub fn tile_bias(bias: &[f32], cout: usize) -> TractResult<Arc<[f32]>> {
+/// A bias (`[cout]`, or one value for all) laid out for [`sum`]: each channel's value on
+/// `lanes` lanes in a row (4 for a transposed convolution's (dy, dx)), zero past the last to
+/// fill the last tile pair.
+pub fn tile_bias(bias: &[f32], cout: usize, lanes: usize) -> TractResult<Arc<[f32]>> {
     ensure!(
         bias.len() == cout || bias.len() == 1,
         "a bias of {} values for {cout} channels",
         bias.len()
     );
-    let mut tiled = vec![0f32; tiles(cout) * CO];
-    for (o, value) in tiled.iter_mut().take(cout).enumerate() {
-        *value = bias[if bias.len() == 1 { 0 } else { o }];
+    let mut tiled = vec![0f32; tiles(cout * lanes) * CO];
+    for (o, chunk) in tiled.chunks_exact_mut(lanes).take(cout).enumerate() {
+        chunk.fill(bias[if bias.len() == 1 { 0 } else { o }]);
     }
     Ok(tiled.into())
 }

@@ -10,10 +10,11 @@
 //! - where the first operand's rows are contiguous (`akm,kn->mn`, the common form after
 //!   tract's declutter), vectors run along them: [`kernel::sum`] reads 3 vectors of 8 rows in
 //!   place for each summed index and 4 of the constant's columns from its packed layout, as it
-//!   reads pixels and output channels in a convolution; the tile is transposed on its store,
+//!   reads pixels and output channels in a convolution (with AVX-512, [`kernel::sum_wide`] 3
+//!   vectors of 16 rows and 8 columns); the tile is transposed on its store,
 //!   or stored as it is where the output is laid out `[columns][rows]`;
 //! - otherwise vectors run along the constant's columns, and each tile of 4 rows of the first
-//!   operand is gathered into the kernel's weight layout; the tile is transposed on its store
+//!   operand (a pair of them with AVX-512) is gathered into the kernel's weight layout; the tile is transposed on its store
 //!   where the output is laid out `[columns][rows]` (`mbk,bkn->anm`, eight of the CLIPSeg
 //!   image graph's products).
 //!
@@ -22,8 +23,9 @@
 //! Only f32 products whose second input is a constant, with one axis of each operand kept in
 //! the output (other than axes of size 1), the summed axes adjacent in the first input, the
 //! output laid out as `[rows][columns]` or `[columns][rows]`, and, for gathered tiles, a size
-//! where they are the faster (`MAX_FMAS`), are replaced; every other `EinSum` keeps tract's operator. Summation
-//! order differs from tract's and onnxruntime's, so results agree within float rounding.
+//! where they are the faster (`MAX_FMAS`), are replaced; every other `EinSum` keeps tract's
+//! operator. Summation order differs from tract's and onnxruntime's, so results agree within
+//! float rounding.
 
 use std::arch::x86_64::*;
 
@@ -75,7 +77,7 @@ pub struct ConstProduct {
     /// are transposed on their store.
     columns_first: bool,
     /// The constant: along rows, [`kernel::pack`]ed as `[column tile][k][CO]`; along columns,
-    /// `[k][columns rounded up to whole vectors]`. Zero past `n`.
+    /// `[k][padded_width(n)]`. Zero past `n`.
     b: Arc<[f32]>,
     /// One value per column, rounded up to whole tiles (along rows) or vectors (along
     /// columns); zero without a bias.
@@ -117,8 +119,8 @@ impl ConstProduct {
         let output = Output(output.as_mut_ptr());
         // SAFETY: the features were checked above; every read index is at most `last`, and
         // the output has m·n values, of which each band writes its own rows.
+        let wide = kernel::wide();
         if self.along_rows {
-            let wide = kernel::wide();
             let lanes = if wide { kernel::WIDE_LANES } else { LANES };
             let blocks: Vec<_> = kernel::blocks(self.m.div_ceil(lanes)).collect();
             kernel::in_bands(blocks.len(), |from, to| unsafe {
@@ -134,7 +136,6 @@ impl ConstProduct {
                 out_stride: if self.columns_first { self.m } else { self.n },
                 columns_first: self.columns_first,
             };
-            let wide = kernel::wide();
             kernel::in_bands(self.m.div_ceil(CO), |from, to| unsafe {
                 gathered.tiles(input, &self.b, &self.bias, output.ptr(), from..to, wide)
             });
@@ -192,7 +193,7 @@ impl ConstProduct {
 }
 
 /// A product whose first operand is gathered in tiles of [`CO`] rows, read at its strides, with
-/// vectors along the columns of a second operand laid out `[k][n rounded up to whole vectors]`
+/// vectors along the columns of a second operand laid out `[k][padded_width(n)]`
 /// (a constant packed once in [`ConstProduct`], each batch's operand packed at each run in
 /// [`super::batched`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -59,20 +59,11 @@ impl Deconv2x2 {
             }
         }
         let bias = bias.try_as_plain_ram()?;
-        let bias = bias.as_slice::<f32>()?;
-        ensure!(
-            bias.len() == cout || bias.len() == 1,
-            "a bias of {} values for {cout} channels",
-            bias.len()
-        );
-        let on_lanes: Vec<f32> = (0..cout * 4)
-            .map(|l| bias[if bias.len() == 1 { 0 } else { l / 4 }])
-            .collect();
         Ok(Deconv2x2 {
             cin,
             cout,
             weights: kernel::pack(&one_by_one, cout * 4, cin, 1),
-            bias: kernel::tile_bias(&on_lanes, cout * 4)?,
+            bias: kernel::tile_bias(bias.as_slice::<f32>()?, cout, 4)?,
         })
     }
 
